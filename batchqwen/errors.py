@@ -1,0 +1,119 @@
+"""One exception root for everything batchqwen raises on purpose.
+
+::
+
+    BatchQwenError
+    ├── UsageError                 bad option or configuration (exit 2)
+    ├── ManifestError              the manifest as a whole is unusable (exit 2); names the rows
+    ├── ItemError                  local problem of one item; never retried, never the run's failure
+    │   ├── InputFileError         a file the row names is missing or unreadable
+    │   └── MediaError             a file that is present but cannot be decoded / converted
+    ├── ProtocolError              a frame or an event order that breaks the protocol
+    │   └── InvalidState           an illegal call on the protocol core, raised at once
+    ├── RemoteError                something the service (or the network to it) did
+    │   ├── ServerError            an ``error`` event: carries type, code, message, param
+    │   ├── HandshakeRejected      HTTP status at the WebSocket handshake (401/403/429/5xx)
+    │   ├── ConnectionDropped      the connection closed or broke before the turn was done
+    │   └── TimedOut               connect / first event / idle / whole-session timeout
+    ├── BudgetExceeded             the cost cap would be passed (exit 3)
+    └── LockHeld                   another run holds the output folder's lock (exit 2)
+
+Only ``cli.py`` turns these into messages and exit codes; whether a remote error is worth another
+attempt is decided by the pure functions in ``retry.py``.
+"""
+
+from __future__ import annotations
+
+
+class BatchQwenError(Exception):
+    """Root of every error batchqwen raises on purpose."""
+
+    #: short machine-readable kind written to result rows (``error_type`` column)
+    kind: str = "error"
+
+
+class UsageError(BatchQwenError):
+    kind = "usage"
+
+
+class ManifestError(BatchQwenError):
+    kind = "manifest"
+
+
+class ItemError(BatchQwenError):
+    kind = "item"
+
+
+class InputFileError(ItemError):
+    kind = "input_file"
+
+
+class MediaError(ItemError):
+    kind = "media"
+
+
+class ProtocolError(BatchQwenError):
+    kind = "protocol"
+
+
+class InvalidState(ProtocolError):
+    kind = "invalid_state"
+
+
+class RemoteError(BatchQwenError):
+    kind = "remote"
+
+
+class ServerError(RemoteError):
+    """The service sent an ``error`` event."""
+
+    kind = "server_error"
+
+    def __init__(self, message: str, *, error_type: str = "", code: str = "", param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.error_type = error_type
+        self.code = code
+        self.param = param
+
+    def __str__(self) -> str:
+        where = f" (param {self.param})" if self.param else ""
+        code = self.code or self.error_type or "error"
+        return f"{code}: {self.message}{where}"
+
+
+class HandshakeRejected(RemoteError):
+    """The WebSocket handshake was refused with an HTTP status."""
+
+    kind = "handshake"
+
+    def __init__(self, status: int, reason: str = ""):
+        self.status = status
+        self.reason = reason
+        meaning = {
+            401: "the API key was refused (401 Unauthorized)",
+            403: "access forbidden for this key or model (403 Forbidden)",
+            429: "throttled by the service (429 Too Many Requests)",
+        }.get(status, f"HTTP {status}")
+        super().__init__(f"handshake rejected: {meaning}" + (f": {reason}" if reason else ""))
+
+
+class ConnectionDropped(RemoteError):
+    kind = "connection_dropped"
+
+
+class TimedOut(RemoteError):
+    kind = "timeout"
+
+    def __init__(self, what: str, seconds: float):
+        self.what = what
+        self.seconds = seconds
+        super().__init__(f"{what} timed out after {seconds:g} s")
+
+
+class BudgetExceeded(BatchQwenError):
+    kind = "budget"
+
+
+class LockHeld(BatchQwenError):
+    kind = "lock"

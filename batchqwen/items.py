@@ -1,0 +1,88 @@
+"""The data one item carries on its way: manifest row -> prepared media -> turn request -> turn result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batchqwen.events import Usage
+from batchqwen.models import ModelInfo
+
+INPUT_SAMPLE_RATE = 16_000
+INPUT_BYTES_PER_SECOND = INPUT_SAMPLE_RATE * 2  # PCM16 mono
+CHUNK_BYTES = 3_200  # 100 ms of 16 kHz PCM16 mono, as the official samples send
+
+
+@dataclass(frozen=True)
+class Item:
+    """One manifest row, paths resolved against the manifest's folder; nothing decoded yet."""
+
+    id: str
+    row: int  # 1-based data-row number in the manifest (header not counted)
+    audio: Path | None = None
+    images: tuple[Path, ...] = ()
+    video: Path | None = None
+    prompt: str | None = None
+    instructions: str | None = None
+    model: str | None = None
+    voice: str | None = None
+    modalities: tuple[str, ...] | None = None
+    passthrough: dict[str, Any] = field(default_factory=dict)  # unknown columns, copied to results
+    content_hash: str = ""  # row content + file size/mtime: a changed item under the same id is noticed
+
+
+@dataclass(frozen=True)
+class TimedImage:
+    """A JPEG ready to send, with the moment (seconds into the audio) it belongs to."""
+
+    at_seconds: float
+    jpeg: bytes
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class PreparedInput:
+    """Decoded media of one item, exactly as it will be sent."""
+
+    pcm16: bytes = b""  # PCM16LE mono 16 kHz
+    images: tuple[TimedImage, ...] = ()  # in time order
+    padded_silence_seconds: float = 0.0  # silence added because the item had no audio
+
+    @property
+    def audio_seconds(self) -> float:
+        return len(self.pcm16) / INPUT_BYTES_PER_SECOND
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    """Everything one realtime session needs for one item, already resolved and validated."""
+
+    model: ModelInfo
+    voice: str
+    modalities: tuple[str, ...]
+    media: PreparedInput
+    instructions: str | None = None
+    prompt: str | None = None  # sent as an input_text item; only for models with text_input
+    transcribe_input: bool = True
+    transcription_model: str = "gummy-realtime-v1"
+    chunk_bytes: int = CHUNK_BYTES
+    session_options: dict[str, Any] = field(default_factory=dict)  # temperature, max_tokens, ... as given
+
+
+@dataclass
+class TurnResult:
+    """What came back from one session. Latencies are seconds from the start of the connect."""
+
+    session_id: str = ""
+    response_ids: list[str] = field(default_factory=list)
+    input_transcript: str = ""
+    output_text: str = ""  # response.text.* (text-only mode)
+    output_transcript: str = ""  # response.audio_transcript.* (text+audio mode)
+    output_pcm: bytes = b""  # PCM16LE mono at the model's output rate
+    usage: Usage | None = None  # summed over the responses of the turn
+    connect_seconds: float | None = None
+    first_text_seconds: float | None = None
+    first_audio_seconds: float | None = None
+    total_seconds: float | None = None
