@@ -6,6 +6,7 @@ family's token rules) are best guesses that a user can override by registering a
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 
@@ -149,3 +150,24 @@ def validate_voice(model: ModelInfo, voice: str | None) -> str:
     if voice not in model.voices:
         raise UsageError(f"voice {voice!r} is not available on {model.name}; choose from {', '.join(model.voices)}")
     return voice
+
+
+# ----------------------------------------------------------------------------- token rules
+# One place for the documented rules, used by the estimator, the simulator's usage and the tests alike.
+
+
+def audio_tokens(model: ModelInfo, seconds: float) -> int:
+    """Audio tokens for ``seconds`` of audio (input or output): rate x duration, at least 1 s, rounded up."""
+    if seconds <= 0:
+        return 0
+    billed = max(seconds, model.min_audio_seconds)
+    return math.ceil(round(billed * model.audio_tokens_per_second, 6))
+
+
+def image_tokens(model: ModelInfo, width: int, height: int) -> int:
+    """Image tokens for an image of the size actually sent: one per block (partial blocks count), clamped."""
+    if width <= 0 or height <= 0:
+        return 0
+    block = model.image_block_px
+    blocks = math.ceil(width / block) * math.ceil(height / block)
+    return min(max(blocks, model.image_min_tokens), model.image_max_tokens)
