@@ -1,0 +1,108 @@
+"""Retry policy as pure functions: what kind of failure an exception is, and how long to wait.
+
+``classify`` sorts every exception into one of three kinds:
+
+- ``"retryable"``: worth another attempt of the same item after a backoff: a dropped connection, a
+  timeout, a handshake refused with 429 or 5xx, a ``server_error``, any ``Throttling*`` code.
+- ``"fatal"``: the whole run should stop, since every other item would fail the same way: a handshake
+  refused with 401/403, and the account-level codes ``InvalidApiKey``, ``Arrearage``, ``AccessDenied``
+  (and its variants), and quota exhaustion (a code containing ``Quota`` or ``FreeTierOnly`` that is not a
+  ``Throttling`` code, e.g. ``AllocationQuota.Exhausted``).
+- ``"permanent"``: this item failed and retrying will not help: any other ``invalid_request_error``
+  (bad voice, empty commit, ...), ``DataInspectionFailed``, local item errors, protocol violations.
+
+Choices where the reference is silent: a :class:`ProtocolError` (a malformed frame, an illegal event
+order) is permanent, since a retry meets the same server behaviour and would be billed again; an
+``error`` event with no type and no code is treated like ``server_error`` (retryable) because it is the
+service misbehaving, not the request; unknown exceptions are permanent.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Literal
+
+from batchqwen.errors import (
+    BudgetExceeded,
+    ConnectionDropped,
+    HandshakeRejected,
+    ServerError,
+    TimedOut,
+    UsageError,
+)
+
+Kind = Literal["retryable", "permanent", "fatal"]
+
+FATAL_CODES = ("InvalidApiKey", "Arrearage", "AccessDenied")
+QUOTA_MARKERS = ("Quota", "FreeTierOnly")
+
+
+def is_throttling(exc: BaseException) -> bool:
+    """True for a throttling refusal: handshake HTTP 429 or an error code starting with ``Throttling``."""
+    if isinstance(exc, HandshakeRejected):
+        return exc.status == 429
+    if isinstance(exc, ServerError):
+        return exc.code.startswith("Throttling")
+    return False
+
+
+def _classify_server_error(exc: ServerError) -> Kind:
+    code = exc.code
+    if code.startswith("Throttling"):  # Throttling, Throttling.RateQuota, Throttling.AllocationQuota
+        return "retryable"
+    if any(code.startswith(fatal) for fatal in FATAL_CODES):
+        return "fatal"
+    if any(marker in code for marker in QUOTA_MARKERS):
+        return "fatal"
+    if exc.error_type == "server_error" or (not exc.error_type and not code):
+        return "retryable"
+    return "permanent"
+
+
+def classify(exc: BaseException) -> Kind:
+    """Sort an exception into retryable (this item, again later), permanent (this item) or fatal (the run)."""
+    if isinstance(exc, ServerError):
+        return _classify_server_error(exc)
+    if isinstance(exc, HandshakeRejected):
+        if exc.status in (401, 403):
+            return "fatal"
+        if exc.status == 429 or 500 <= exc.status <= 599:
+            return "retryable"
+        return "permanent"
+    if isinstance(exc, ConnectionDropped | TimedOut):
+        return "retryable"
+    if isinstance(exc, UsageError | BudgetExceeded):
+        return "fatal"
+    return "permanent"
+
+
+def backoff_delays(
+    *,
+    base: float = 0.5,
+    cap: float = 30.0,
+    factor: float = 2.0,
+    jitter: Literal["full", "decorrelated", "none"] = "full",
+    rng: random.Random | None = None,
+) -> Iterator[float]:
+    """Endless delays (seconds) before attempt 2, 3, ...: exponential, capped, with jitter.
+
+    ``full``: uniform in [0, min(cap, base * factor**n)] (AWS "full jitter").
+    ``decorrelated``: uniform in [base, min(cap, previous * 3)] (AWS "decorrelated jitter").
+    ``none``: min(cap, base * factor**n), for tests and for people who like determinism.
+    Every delay lies in [0, cap].
+    """
+    if base < 0 or cap < 0 or factor < 1:
+        raise UsageError("backoff needs base >= 0, cap >= 0 and factor >= 1")
+    rng = rng or random.Random()
+    ceiling = base
+    previous = base
+    while True:
+        if jitter == "full":
+            yield rng.uniform(0.0, min(cap, ceiling))
+        elif jitter == "decorrelated":
+            previous = min(cap, rng.uniform(min(base, cap), max(min(base, cap), previous * 3)))
+            yield previous
+        else:
+            yield min(cap, ceiling)
+        ceiling = min(cap, ceiling * factor)  # stays finite however long it runs
