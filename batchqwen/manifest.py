@@ -1,0 +1,543 @@
+"""Manifests in: CSV, TSV, JSON Lines and Parquet, streamed row by row into :class:`~batchqwen.items.Item`.
+
+Nothing here ever holds a whole manifest in memory: CSV goes through the ``csv`` module over the open
+file, JSON Lines line by line, Parquet batch by batch (``ParquetFile.iter_batches``). ``check_manifest``
+makes one streaming pass keeping only a 64-bit hash and a row number per id (16 bytes a row).
+
+Row numbers (``Item.row``, and "row N" in every message) are 1-based:
+
+* CSV/TSV: the data record, header not counted (spreadsheet row N+1); blank records still count.
+* JSON Lines: the physical line number (blank lines count, so it matches an editor).
+* Parquet: the row index + 1.
+
+A row whose cells are all empty is skipped (a blank spreadsheet line is not an item). A row with no input
+(none of audio/image/video/prompt) *is* an item: it is that row's error at run time
+(:func:`validate_item`) and ``check_manifest`` lists it, but it does not stop the run. The same holds for
+a file a row names that does not exist. What stops the run before any session opens is a manifest that is
+unusable as a whole: missing/unreadable file, unknown extension, no rows, no input column at all, a
+malformed row (bad JSON, wrong cell type, too many cells), duplicate ids (:class:`ManifestError`).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batchqwen.errors import InputFileError, ItemError, ManifestError
+from batchqwen.items import Item
+
+KNOWN_COLUMNS: tuple[str, ...] = (
+    "id", "audio", "image", "video", "prompt", "instructions", "model", "voice", "modalities",
+)  # fmt: skip
+INPUT_COLUMNS: tuple[str, ...] = ("audio", "image", "video", "prompt")
+PATH_COLUMNS: tuple[str, ...] = ("audio", "image", "video")
+FORMATS: dict[str, str] = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+PARQUET_BATCH_ROWS = 4_096
+MAX_LISTED = 20  # rows named in a summary's lists; counts stay exact
+_CSV_FIELD_LIMIT = 64 * 1024 * 1024  # long prompts: the csv module's default cap is 128 KiB a cell
+
+RawRow = dict[str, Any]  # normalised column name -> cell value (None when empty)
+
+
+@dataclass(frozen=True)
+class ManifestSummary:
+    """What one streaming pass over a manifest found; enough for a dry run and for the results schema."""
+
+    path: Path
+    format: str
+    rows: int  # items (non-blank rows)
+    columns: list[str]  # known columns present (normalised names), then passthrough columns
+    passthrough_columns: list[str]
+    rows_with_missing_files: int = 0
+    missing_file_examples: list[tuple[int, Path]] = field(default_factory=list)  # first few (row, path)
+    rows_without_input: list[int] = field(default_factory=list)  # first few row numbers
+    rows_without_input_count: int = 0
+
+
+# ----------------------------------------------------------------------------- reading raw rows
+
+
+def manifest_format(path: Path) -> str:
+    """``csv``, ``tsv``, ``jsonl`` or ``parquet`` from the file extension; ManifestError otherwise."""
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        accepted = ", ".join(sorted(FORMATS))
+        raise ManifestError(
+            f"{path}: unknown manifest type {path.suffix or '(no extension)'!r}; use {accepted}"
+        )
+    return fmt
+
+
+def _where(fmt: str, number: int) -> str:
+    return f"line {number}" if fmt == "jsonl" else f"row {number}"
+
+
+def _normalise_name(name: str) -> str:
+    """Known columns match case-insensitively and trimmed; passthrough names keep their case, trimmed."""
+    trimmed = name.strip()
+    return trimmed.lower() if trimmed.lower() in KNOWN_COLUMNS else trimmed
+
+
+def _normalise_header(names: list[str], where: str) -> list[str]:
+    normalised = [_normalise_name(n) for n in names]
+    seen: dict[str, int] = {}
+    for position, name in enumerate(normalised, 1):
+        if not name:
+            continue
+        if name in seen:
+            raise ManifestError(
+                f"{where}: column {name!r} appears twice (columns {seen[name]} and {position})"
+            )
+        seen[name] = position
+    return normalised
+
+
+def _is_empty(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, float):
+        return math.isnan(value)  # pandas writes missing numbers as NaN
+    return isinstance(value, list | tuple | dict) and not value
+
+
+def _open_check(path: Path) -> None:
+    if not path.exists():
+        raise ManifestError(f"manifest {path} does not exist")
+    if not path.is_file():
+        raise ManifestError(f"manifest {path} is not a file")
+    if not os.access(path, os.R_OK):
+        raise ManifestError(f"manifest {path} is not readable")
+
+
+def _iter_csv(path: Path, delimiter: str) -> Iterator[tuple[int, RawRow]]:
+    csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
+    number = 0
+    try:
+        # utf-8-sig: spreadsheets often write a byte-order mark before the header
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle, delimiter=delimiter)
+            header_cells = next(reader, None)
+            if header_cells is None:
+                raise ManifestError(f"manifest {path} is empty (no header row)")
+            header = _normalise_header(header_cells, f"{path.name}: header")
+            for cells in reader:
+                number += 1
+                if len(cells) > len(header):
+                    raise ManifestError(
+                        f"{path.name}: row {number} has {len(cells)} cells "
+                        f"but the header has {len(header)} columns"
+                    )
+                row: RawRow = {}
+                for position, (name, cell) in enumerate(zip(header, cells, strict=False), 1):
+                    value = None if _is_empty(cell) else cell
+                    if not name:
+                        if value is not None:
+                            raise ManifestError(
+                                f"{path.name}: row {number} has a value in column {position}, "
+                                "which has no name in the header"
+                            )
+                        continue
+                    row[name] = value
+                for name in header[len(cells) :]:
+                    if name:
+                        row[name] = None  # short rows: trailing cells left out means empty
+                yield number, row
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path.name}: row {number + 1} is not valid UTF-8 ({exc.reason})") from None
+    except csv.Error as exc:
+        raise ManifestError(f"{path.name}: row {number + 1} cannot be parsed as CSV: {exc}") from None
+    except OSError as exc:
+        raise ManifestError(f"manifest {path} cannot be read: {exc}") from None
+
+
+def _csv_columns(path: Path, delimiter: str) -> list[str]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle, delimiter=delimiter), None)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ManifestError(f"{path.name}: the header row cannot be read: {exc}") from None
+    return [n for n in _normalise_header(header or [], f"{path.name}: header") if n]
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, RawRow]]:
+    try:
+        with path.open("rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise ManifestError(
+                        f"{path.name}: line {number} is not valid UTF-8 ({exc.reason})"
+                    ) from None
+                if number == 1:
+                    text = text.removeprefix("\ufeff")
+                if not text.strip():
+                    continue
+                try:
+                    data = json.loads(text)
+                except ValueError as exc:
+                    raise ManifestError(f"{path.name}: line {number} is not valid JSON: {exc}") from None
+                if not isinstance(data, dict):
+                    raise ManifestError(
+                        f"{path.name}: line {number} is a JSON {type(data).__name__}, not an object"
+                    )
+                names = _normalise_header([str(k) for k in data], f"{path.name}: line {number}")
+                yield number, dict(zip(names, data.values(), strict=True))
+    except OSError as exc:
+        raise ManifestError(f"manifest {path} cannot be read: {exc}") from None
+
+
+def _parquet_file(path: Path) -> Any:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise ManifestError(f"manifest {path} is not a readable Parquet file: {exc}") from None
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[int, RawRow]]:
+    import pyarrow as pa
+
+    parquet = _parquet_file(path)
+    names = _normalise_header(list(parquet.schema_arrow.names), f"{path.name}: schema")
+    number = 0
+    try:
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            columns = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
+            for values in zip(*columns, strict=True):
+                number += 1
+                yield number, dict(zip(names, values, strict=True))
+    except (OSError, pa.ArrowException) as exc:
+        raise ManifestError(f"{path.name}: row {number + 1} cannot be read: {exc}") from None
+
+
+def _iter_raw(path: Path, fmt: str) -> Iterator[tuple[int, RawRow]]:
+    if fmt == "csv":
+        return _iter_csv(path, ",")
+    if fmt == "tsv":
+        return _iter_csv(path, "\t")
+    if fmt == "jsonl":
+        return _iter_jsonl(path)
+    return _iter_parquet(path)
+
+
+# ----------------------------------------------------------------------------- raw row -> Item
+
+
+def _passthrough_value(value: Any) -> Any:
+    """JSON scalars (and lists/objects from JSONL) as they are; anything else (dates, decimals) as text."""
+    if _is_empty(value):
+        return None
+    if isinstance(value, str | int | float | bool | list | dict):
+        return value
+    return str(value)
+
+
+def _text(value: Any, column: str, where: str, *, strip: bool = True) -> str | None:
+    if _is_empty(value):
+        return None
+    if not isinstance(value, str):
+        raise ManifestError(
+            f"{where}: column {column!r} must be text, not {type(value).__name__} ({value!r})"
+        )
+    return value.strip() if strip else value
+
+
+def _id_text(value: Any, where: str) -> str | None:
+    if _is_empty(value):
+        return None
+    if isinstance(value, bool):
+        raise ManifestError(f"{where}: column 'id' must be text or an integer, not a boolean")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # an integer id column that went through pandas with a NaN in it
+    if not isinstance(value, str | int):
+        raise ManifestError(f"{where}: column 'id' must be text or an integer, not {type(value).__name__}")
+    text = str(value).strip()
+    return text or None
+
+
+def _list_of_text(value: Any, column: str, where: str, separator: str) -> list[str]:
+    """A ``;``-separated (or ``,``) cell, or a JSON/Parquet list of strings, as trimmed non-empty parts."""
+    if _is_empty(value):
+        return []
+    if isinstance(value, str):
+        parts = value.split(separator)
+    elif isinstance(value, list | tuple) and all(isinstance(v, str) or v is None for v in value):
+        parts = [v for v in value if v is not None]
+    else:
+        raise ManifestError(
+            f"{where}: column {column!r} must be text or a list of text, not {type(value).__name__}"
+        )
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _resolve(base: Path, given: str) -> Path:
+    path = Path(os.path.expanduser(given))
+    return path if path.is_absolute() else base / path
+
+
+def _canonical(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _as_hash_text(value: Any) -> str:
+    """Cell text for hashing, so that 5 in JSONL and "5" in CSV hash alike."""
+    return value if isinstance(value, str) else _canonical(value)
+
+
+def _file_stamp(path: Path) -> list[int] | str:
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def derive_id(content: dict[str, Any]) -> str:
+    """A stable id for a row without one: ``row-`` + 12 hex of the sha256 of its non-empty cells."""
+    return "row-" + hashlib.sha256(_canonical(content).encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+def _to_item(number: int, raw: RawRow, base: Path, where: str) -> Item | None:
+    """One raw row as an Item; None for a row whose cells are all empty."""
+    item_id = _id_text(raw.get("id"), where)
+    audio = _text(raw.get("audio"), "audio", where)
+    images = _list_of_text(raw.get("image"), "image", where, ";")
+    video = _text(raw.get("video"), "video", where)
+    prompt = _text(raw.get("prompt"), "prompt", where, strip=False)
+    instructions = _text(raw.get("instructions"), "instructions", where, strip=False)
+    model = _text(raw.get("model"), "model", where)
+    voice = _text(raw.get("voice"), "voice", where)
+    modalities = _list_of_text(raw.get("modalities"), "modalities", where, ",")
+    passthrough = {k: _passthrough_value(v) for k, v in raw.items() if k not in KNOWN_COLUMNS}
+
+    # The row's content as written (paths as given, not resolved): moving the job folder keeps the ids.
+    content: dict[str, Any] = {
+        "audio": audio, "image": images or None, "video": video, "prompt": prompt,
+        "instructions": instructions, "model": model, "voice": voice, "modalities": modalities or None,
+    }  # fmt: skip
+    content.update({f"+{k}": _as_hash_text(v) for k, v in passthrough.items() if v is not None})
+    content = {k: v for k, v in content.items() if v is not None}
+    if not content and item_id is None:
+        return None
+    if item_id is None:
+        item_id = derive_id(content)
+
+    audio_path = _resolve(base, audio) if audio else None
+    image_paths = tuple(_resolve(base, p) for p in images)
+    video_path = _resolve(base, video) if video else None
+    files = [p for p in (audio_path, *image_paths, video_path) if p is not None]
+    content_hash = hashlib.sha256(
+        _canonical({"id": item_id, "cells": content, "files": [_file_stamp(p) for p in files]}).encode(
+            "utf-8", "surrogatepass"
+        )
+    ).hexdigest()
+    return Item(
+        id=item_id,
+        row=number,
+        audio=audio_path,
+        images=image_paths,
+        video=video_path,
+        prompt=prompt,
+        instructions=instructions,
+        model=model,
+        voice=voice,
+        modalities=tuple(modalities) or None,
+        passthrough=passthrough,
+        content_hash=content_hash,
+    )
+
+
+def iter_items(path: Path, *, limit: int | None = None) -> Iterator[Item]:
+    """Stream a manifest's rows as Items, in manifest order, at most ``limit`` of them.
+
+    Raises ManifestError (naming the row or line) for a manifest that cannot be read or a malformed row.
+    Missing files and rows without input are *not* raised here: see :func:`validate_item`.
+    """
+    path = Path(path)
+    fmt = manifest_format(path)
+    _open_check(path)
+    base = path.absolute().parent
+    produced = 0
+    if limit is not None and limit <= 0:
+        return
+    for number, raw in _iter_raw(path, fmt):
+        item = _to_item(number, raw, base, f"{path.name}: {_where(fmt, number)}")
+        if item is None:
+            continue
+        yield item
+        produced += 1
+        if limit is not None and produced >= limit:
+            return
+
+
+# ----------------------------------------------------------------------------- per-row checks
+
+
+def item_files(item: Item) -> list[Path]:
+    """Every file the item names, in column order (audio, images, video)."""
+    return [p for p in (item.audio, *item.images, item.video) if p is not None]
+
+
+def missing_files(item: Item) -> list[Path]:
+    """The files an item names that are not there as readable regular files."""
+    return [p for p in item_files(item) if not (p.is_file() and os.access(p, os.R_OK))]
+
+
+def has_input(item: Item) -> bool:
+    """Whether the row gives the model anything at all (audio, image, video or prompt)."""
+    return bool(item.audio or item.images or item.video or item.prompt)
+
+
+def validate_item(item: Item) -> None:
+    """Raise the row's own error: ItemError when it has no input, InputFileError for a missing file."""
+    if not has_input(item):
+        raise ItemError(f"row {item.row} (id {item.id!r}) has no input: none of audio, image, video, prompt")
+    missing = missing_files(item)
+    if missing:
+        names = ", ".join(str(p) for p in missing)
+        raise InputFileError(f"row {item.row} (id {item.id!r}): file not found or unreadable: {names}")
+
+
+# ----------------------------------------------------------------------------- whole-manifest check
+
+
+def _id_key(item_id: str) -> int:
+    digest = hashlib.blake2b(item_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def _colliding_rows(keys: array[int], rows: array[int], *, most: int = 50) -> list[list[int]]:
+    """Groups of row numbers whose id hashes are equal (numpy: 16 bytes a row, no id strings kept)."""
+    import numpy as np
+
+    key_arr = np.frombuffer(keys, dtype=np.uint64)
+    row_arr = np.frombuffer(rows, dtype=np.uint64)
+    sorted_keys = np.sort(key_arr)
+    repeated = np.unique(sorted_keys[1:][sorted_keys[1:] == sorted_keys[:-1]])
+    return [sorted(int(r) for r in row_arr[key_arr == key]) for key in repeated[:most]]
+
+
+def _rows_list(rows: list[int]) -> str:
+    if len(rows) == 2:
+        return f"rows {rows[0]} and {rows[1]}"
+    shown = ", ".join(str(r) for r in rows[:-1][:10])
+    more = f", ... ({len(rows) - 11} more)" if len(rows) > 11 else ""
+    return f"rows {shown}{more} and {rows[-1]}"
+
+
+def _duplicate_ids(path: Path, groups: list[list[int]]) -> list[tuple[str, list[int]]]:
+    """Second pass, only when hashes collide: the real ids of those rows, regrouped by id."""
+    wanted = {row for rows in groups for row in rows}
+    by_id: dict[str, list[int]] = {}
+    for item in iter_items(path):
+        if item.row in wanted:
+            by_id.setdefault(item.id, []).append(item.row)
+    return [(item_id, rows) for item_id, rows in by_id.items() if len(rows) > 1]
+
+
+def _duplicate_error(path: Path, duplicates: list[tuple[str, list[int]]]) -> ManifestError:
+    lines = [f"id {item_id!r} appears on {_rows_list(rows)}" for item_id, rows in duplicates[:5]]
+    if len(duplicates) > 5:
+        lines.append(f"and {len(duplicates) - 5} more duplicated ids")
+    hint = ""
+    if any(item_id.startswith("row-") for item_id, _ in duplicates):
+        hint = (
+            " (a row without an id gets one derived from its content,"
+            " so identical rows collide: add an id column)"
+        )
+    return ManifestError(f"{path.name}: duplicate ids: " + "; ".join(lines) + hint)
+
+
+def manifest_columns(path: Path) -> list[str]:
+    """Column names of a CSV/TSV header or a Parquet schema, normalised; JSONL needs a full pass."""
+    fmt = manifest_format(path)
+    if fmt in ("csv", "tsv"):
+        return _csv_columns(path, "," if fmt == "csv" else "\t")
+    if fmt == "parquet":
+        names = list(_parquet_file(path).schema_arrow.names)
+        return [n for n in _normalise_header(names, f"{path.name}: schema") if n]
+    return []
+
+
+def check_manifest(path: Path) -> ManifestSummary:
+    """One streaming pass: raise ManifestError if the manifest is unusable as a whole, else summarise it.
+
+    Memory stays bounded: per row only a 64-bit id hash and the row number are kept.
+    """
+    path = Path(path)
+    fmt = manifest_format(path)
+    _open_check(path)
+    columns = manifest_columns(path)
+    seen_columns = dict.fromkeys(columns)
+    keys: array[int] = array("Q")
+    rows: array[int] = array("Q")
+    count = 0
+    missing_count = 0
+    missing_examples: list[tuple[int, Path]] = []
+    no_input: list[int] = []
+    no_input_count = 0
+    base = path.absolute().parent
+    for number, raw in _iter_raw(path, fmt):
+        if fmt == "jsonl":
+            seen_columns.update(dict.fromkeys(raw))
+        item = _to_item(number, raw, base, f"{path.name}: {_where(fmt, number)}")
+        if item is None:
+            continue
+        count += 1
+        keys.append(_id_key(item.id))
+        rows.append(number)
+        if not has_input(item):
+            no_input_count += 1
+            if len(no_input) < MAX_LISTED:
+                no_input.append(number)
+        missing = missing_files(item)
+        if missing:
+            missing_count += 1
+            if len(missing_examples) < MAX_LISTED:
+                missing_examples.append((number, missing[0]))
+
+    all_columns = list(seen_columns)
+    if count == 0:
+        raise ManifestError(f"manifest {path} has no rows")
+    if not any(c in all_columns for c in INPUT_COLUMNS):
+        found = ", ".join(all_columns) or "none"
+        raise ManifestError(
+            f"{path.name}: no input column: need at least one of audio, image, video, prompt (found: {found})"
+        )
+    groups = _colliding_rows(keys, rows)
+    duplicates = _duplicate_ids(path, groups) if groups else []
+    if duplicates:
+        raise _duplicate_error(path, duplicates)
+    known = [c for c in KNOWN_COLUMNS if c in all_columns]
+    passthrough = [c for c in all_columns if c not in KNOWN_COLUMNS]
+    return ManifestSummary(
+        path=path,
+        format=fmt,
+        rows=count,
+        columns=known + passthrough,
+        passthrough_columns=passthrough,
+        rows_with_missing_files=missing_count,
+        missing_file_examples=missing_examples,
+        rows_without_input=no_input,
+        rows_without_input_count=no_input_count,
+    )
