@@ -1,0 +1,283 @@
+"""Command line: parse options into one frozen config, call the library, map exceptions to exit codes.
+
+Exit codes: 0 every item ok · 1 finished, some items failed · 2 usage or configuration error ·
+3 aborted (fatal account error or the budget cap) · 130/143 interrupted (SIGINT/SIGTERM), work kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from batchqwen import __version__
+from batchqwen.config import DEFAULT_REGION, REGION_ALIASES, REGION_URLS, RunConfig
+from batchqwen.errors import BatchQwenError, BudgetExceeded, LockHeld, ManifestError, UsageError
+from batchqwen.models import DEFAULT_MODEL, REGISTRY
+
+EXIT_USAGE = 2
+EXIT_ABORTED = 3
+
+log = logging.getLogger("batchqwen")
+
+
+class _Redact(logging.Filter):
+    """Belt and braces: whatever a log line holds, the API key is replaced before it is written."""
+
+    def __init__(self, secrets: list[str]):
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            for secret in self.secrets:
+                message = message.replace(secret, "***")
+            record.msg, record.args = message, None
+        return True
+
+
+def _setup_logging(*, quiet: bool, log_file: Path | None, secrets: list[str]) -> None:
+    log.handlers.clear()
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    redact = _Redact(secrets)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING if quiet else logging.INFO)
+    console.setFormatter(logging.Formatter("batchqwen: %(message)s"))
+    console.addFilter(redact)
+    log.addHandler(console)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        file_handler.addFilter(redact)
+        log.addHandler(file_handler)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"batchqwen: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _call(func: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run library code; turn our exceptions into a message and the documented exit code."""
+    try:
+        return func(*args, **kwargs)
+    except (UsageError, ManifestError, LockHeld) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except BudgetExceeded as exc:
+        _fail(str(exc), EXIT_ABORTED)
+    except BatchQwenError as exc:
+        _fail(str(exc), EXIT_ABORTED)
+    return None
+
+
+def _modalities(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _check_region(region: str) -> str:
+    name = REGION_ALIASES.get(region, region)
+    if name not in REGION_URLS:
+        raise click.BadParameter(f"unknown region {region!r}; use one of {', '.join(REGION_URLS)}")
+    return name
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="batchqwen")
+def main() -> None:
+    """Batch runner for the Qwen-Omni Realtime API, with a local simulator."""
+
+
+_manifest_arg = click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+
+
+def _shared_options(func: Any) -> Any:
+    options = [
+        click.option("--out", "-o", type=click.Path(path_type=Path, file_okay=False), default=None,
+                     help="Output folder (default: out/<manifest name>)."),
+        click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Default model for rows without one."),
+        click.option("--voice", default=None, help="Default voice (default: the model's)."),
+        click.option("--modalities", default="text,audio", show_default=True, help="'text' or 'text,audio'."),
+        click.option("--instructions", default=None, help="Default instructions for rows without their own."),
+        click.option("--region", default=DEFAULT_REGION, show_default=True, help="cn-beijing or ap-southeast-1."),
+        click.option("--prices", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+                     help="A prices TOML that extends/replaces the shipped one."),
+        click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N items."),
+        click.option("--output-seconds", type=click.FloatRange(min=0), default=8.0, show_default=True,
+                     help="Estimate assumption: seconds of spoken answer per item."),
+        click.option("--pad-silence", "pad_silence", type=click.FloatRange(min=0), default=1.0, show_default=True,
+                     help="Seconds of silence sent for items with no audio."),
+        click.option("--video-fps", type=click.FloatRange(min=0.01, max=30), default=1.0, show_default=True,
+                     help="Frames per second taken from videos."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _default_out(manifest: Path) -> Path:
+    return Path("out") / manifest.stem
+
+
+@main.command()
+@_manifest_arg
+@_shared_options
+@click.option("--concurrency", "-c", type=click.IntRange(1, 1024), default=8, show_default=True,
+              help="Sessions open at once.")  # fmt: skip
+@click.option("--rpm", type=click.IntRange(min=1), default=None, help="Sessions started per minute (default: model's).")
+@click.option("--tpm", type=click.IntRange(min=1), default=None, help="Tokens per minute (default: model's).")
+@click.option("--max-attempts", type=click.IntRange(1, 20), default=4, show_default=True)
+@click.option("--max-cost", type=click.FloatRange(min=0), default=None, help="Budget cap in the price currency.")
+@click.option("--base-url", default=None, help="WebSocket URL of the service (overrides --region).")
+@click.option("--api-key", default=None, envvar="DASHSCOPE_API_KEY", show_envvar=True, show_default=False,
+              help="API key (default: $DASHSCOPE_API_KEY). Never logged.")  # fmt: skip
+@click.option("--workspace", default=None, help="X-DashScope-WorkSpace header.")
+@click.option("--simulate", is_flag=True, help="Run against the built-in simulator, started in-process.")
+@click.option("--dry-run", is_flag=True, help="Estimate tokens and cost offline; open no connection.")
+@click.option("--log-events", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write every raw event as JSON lines (payloads elided, key redacted).")  # fmt: skip
+@click.option("--no-transcription", is_flag=True, help="Do not ask for the input transcript.")
+@click.option("--pace", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Audio streaming speed: 0 as fast as possible, 1 real time.")  # fmt: skip
+@click.option("--item-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True)
+@click.option("--wait-lock", is_flag=True, help="Wait for another run on the same --out instead of exiting.")
+@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds in-flight items may finish after SIGINT/SIGTERM.")  # fmt: skip
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and the final summary line.")
+@click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), default=None)
+def run(manifest: Path, out: Path | None, **options: Any) -> None:
+    """Run every item of MANIFEST (CSV, JSONL or Parquet) through a realtime session."""
+    out = out or _default_out(manifest)
+    if options["dry_run"]:
+        _estimate(manifest, out, options)
+        return
+    api_key = options["api_key"]
+    _setup_logging(quiet=options["quiet"], log_file=options["log_file"], secrets=[api_key] if api_key else [])
+    if not api_key and not options["simulate"]:
+        _fail("no API key: set DASHSCOPE_API_KEY (or pass --api-key), or use --simulate to run against the "
+              "built-in simulator, or --dry-run to estimate the cost offline", EXIT_USAGE)  # fmt: skip
+    modalities = _modalities(options["modalities"])
+    assert modalities is not None
+    config = _call(
+        RunConfig,
+        manifest=manifest,
+        out=out,
+        model=options["model"],
+        voice=options["voice"],
+        modalities=modalities,
+        instructions=options["instructions"],
+        region=_check_region(options["region"]),
+        base_url=options["base_url"],
+        api_key=api_key,
+        workspace=options["workspace"],
+        simulate=options["simulate"],
+        limit=options["limit"],
+        log_events=options["log_events"],
+        concurrency=options["concurrency"],
+        rpm=options["rpm"],
+        tpm=options["tpm"],
+        max_attempts=options["max_attempts"],
+        max_cost=options["max_cost"],
+        prices=options["prices"],
+        video_fps=options["video_fps"],
+        pad_silence_seconds=options["pad_silence"],
+        transcribe_input=not options["no_transcription"],
+        pace=options["pace"],
+        output_seconds=options["output_seconds"],
+        item_timeout=options["item_timeout"],
+        grace_seconds=options["grace"],
+        wait_lock=options["wait_lock"],
+        quiet=options["quiet"],
+        log_file=options["log_file"],
+    )
+    _call(_validate_defaults, config)
+    from batchqwen.runner import run as run_batch
+
+    outcome = _call(asyncio.run, run_batch(config))
+    summary = outcome.summary
+    counts = summary.get("status_counts", {})
+    click.echo(
+        f"batchqwen: {outcome.reason}: {summary.get('items_in_manifest', 0)} items;"
+        f" ok {counts.get('ok', 0)}, failed {counts.get('failed', 0)},"
+        f" skipped (already ok) {summary.get('items_skipped_already_ok', 0)};"
+        f" results in {outcome.results_path}, audio in {out / 'audio'}, summary in {out / 'summary.json'}",
+        err=options["quiet"],
+    )
+    sys.exit(outcome.exit_code)
+
+
+def _validate_defaults(config: RunConfig) -> None:
+    from batchqwen.models import get_model, validate_modalities, validate_voice
+
+    model = get_model(config.model)
+    validate_voice(model, config.voice)
+    validate_modalities(config.modalities)
+
+
+def _estimate(manifest: Path, out: Path, options: dict[str, Any]) -> None:
+    from batchqwen import cost
+    from batchqwen.estimate import estimate_manifest, format_report
+    from batchqwen.manifest import check_manifest
+    from batchqwen.models import get_model, validate_modalities
+
+    def work() -> Any:
+        get_model(options["model"])
+        modalities = validate_modalities(_modalities(options["modalities"]) or ())
+        check_manifest(manifest)
+        prices = cost.load_prices(options["prices"])
+        output = cost.OutputAssumption(output_seconds_per_item=options["output_seconds"])
+        return estimate_manifest(
+            manifest, default_model=options["model"], region=_check_region(options["region"]), prices=prices,
+            output=output, modalities=modalities, instructions=options["instructions"], limit=options["limit"],
+            pad_silence_seconds=options["pad_silence"], out_dir=out,
+        )  # fmt: skip
+
+    report = _call(work)
+    click.echo(format_report(report))
+    click.echo(f"per-item estimate in {out / 'estimate.parquet'}")
+
+
+@main.command()
+@_manifest_arg
+@_shared_options
+def estimate(manifest: Path, out: Path | None, **options: Any) -> None:
+    """Estimate tokens and cost of MANIFEST offline (no network). Same as `run --dry-run`."""
+    _estimate(manifest, out or _default_out(manifest), options)
+
+
+@main.command()
+@click.option("--prices", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None)
+def models(prices: Path | None) -> None:
+    """List the known models, their capabilities and prices."""
+    from batchqwen.cost import load_prices
+
+    book = _call(load_prices, prices)
+    click.echo(f"prices: {book.currency} per 1M tokens; source: {book.source}; as of {book.as_of}")
+    for model in REGISTRY.values():
+        caps = ["text input" if model.text_input else "prompt as instructions", "tools" if model.tools else "no tools"]
+        rules = (f"audio {model.audio_tokens_per_second:g} tok/s (min {model.min_audio_seconds:g} s), image 1 tok per"
+                 f" {model.image_block_px}x{model.image_block_px} px ({model.image_min_tokens}-{model.image_max_tokens})")
+        click.echo(f"\n{model.name}  [{', '.join(caps)}]{'' if model.token_rules_confirmed else '  (token rules unconfirmed)'}")
+        click.echo(f"  {rules}; limits: {model.default_rpm} RPM, {model.default_tpm} TPM; output {model.output_sample_rate} Hz")
+        click.echo(f"  voices: {', '.join(model.voices)} (default {model.default_voice})")
+        for region in REGION_URLS:
+            price = book.lookup(model.name, region)
+            if price is None:
+                click.echo(f"  {region}: no known price")
+            else:
+                click.echo(f"  {region}: in text {price.input_text:g}, audio {price.input_audio:g}, image "
+                           f"{price.input_image:g}; out text {price.output_text_textonly:g} (text-only input) / "
+                           f"{price.output_text_multimodal:g} (multimodal), text+audio {price.output_text_audio:g}")
+    # fmt: skip
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,68 @@
+"""One frozen configuration object for a run, built by the CLI and passed down unchanged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from batchqwen.models import DEFAULT_MODEL, TEXT_AND_AUDIO
+
+REGION_URLS: dict[str, str] = {
+    "cn-beijing": "wss://dashscope.aliyuncs.com/api-ws/v1/realtime",
+    "ap-southeast-1": "wss://dashscope-intl.aliyuncs.com/api-ws/v1/realtime",
+}
+REGION_ALIASES: dict[str, str] = {"beijing": "cn-beijing", "cn": "cn-beijing", "intl": "ap-southeast-1",
+                                  "singapore": "ap-southeast-1"}  # fmt: skip
+DEFAULT_REGION = "cn-beijing"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs. ``api_key`` is kept out of ``repr`` so it can never reach a log."""
+
+    manifest: Path
+    out: Path
+    model: str = DEFAULT_MODEL
+    voice: str | None = None
+    modalities: tuple[str, ...] = TEXT_AND_AUDIO
+    instructions: str | None = None
+    region: str = DEFAULT_REGION
+    base_url: str | None = None  # overrides the region's URL (workspace hosts, the simulator)
+    api_key: str | None = field(default=None, repr=False)
+    workspace: str | None = None
+    simulate: bool = False
+    limit: int | None = None
+    log_events: Path | None = None
+    # scheduling
+    concurrency: int = 8
+    rpm: int | None = None  # None: the model's default
+    tpm: int | None = None
+    max_attempts: int = 4
+    max_cost: float | None = None
+    prices: Path | None = None
+    # media
+    video_fps: float = 1.0
+    pad_silence_seconds: float = 1.0
+    transcribe_input: bool = True
+    pace: float = 0.0  # 0: stream as fast as the socket takes it; 1.0: real time
+    # output assumption for estimates
+    output_seconds: float = 8.0
+    # timeouts (seconds)
+    connect_timeout: float = 10.0
+    first_event_timeout: float = 10.0
+    idle_timeout: float = 30.0
+    item_timeout: float = 300.0
+    grace_seconds: float = 30.0  # after SIGINT/SIGTERM, how long in-flight items may still finish
+    # cron behaviour
+    wait_lock: bool = False
+    quiet: bool = False
+    log_file: Path | None = None
+    progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
+
+    @property
+    def resolved_region(self) -> str:
+        return REGION_ALIASES.get(self.region, self.region)
+
+    @property
+    def url(self) -> str:
+        return self.base_url or REGION_URLS[self.resolved_region]

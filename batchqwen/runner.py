@@ -1,0 +1,528 @@
+"""The scheduler: every manifest item through prepare -> session -> result, a bounded number at once.
+
+``process_item`` is the whole work of one item as a plain async function of (item, context, limiter),
+with no global state, so the same function can later run inside other workers with a shared limiter.
+``run`` drives it over a manifest: resume from the journal, rate limits, retries, the budget cap,
+fatal-error stop, signals, progress, and the final Parquet and summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from batchqwen import cost, manifest, media, results
+from batchqwen.client import ClientSettings, redact_event, run_turn
+from batchqwen.config import RunConfig
+from batchqwen.errors import BatchQwenError, BudgetExceeded, ItemError, UsageError
+from batchqwen.items import Item, PreparedInput, TurnRequest, TurnResult
+from batchqwen.limiter import Limiter
+from batchqwen.lock import RunLock
+from batchqwen.models import ModelInfo, get_model, validate_modalities, validate_voice
+from batchqwen.retry import backoff_delays, classify, is_throttling
+
+log = logging.getLogger("batchqwen")
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_ABORTED = 0, 1, 2, 3
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+
+
+class FatalRunError(BatchQwenError):
+    """An account-level error (bad key, arrears, exhausted quota): the whole run must stop."""
+
+    kind = "fatal"
+
+    def __init__(self, cause: BaseException):
+        self.cause = cause
+        super().__init__(str(cause))
+
+
+@dataclass(frozen=True)
+class ItemContext:
+    """What ``process_item`` needs besides the item: settings only, no shared mutable state."""
+
+    config: RunConfig
+    client: ClientSettings
+    prices: cost.PriceBook
+    output: cost.OutputAssumption
+    out_dir: Path
+
+
+@dataclass
+class RunOutcome:
+    exit_code: int
+    reason: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    results_path: Path | None = None
+
+
+# ----------------------------------------------------------------------------- one item
+
+
+@dataclass(frozen=True)
+class ItemPlan:
+    """An item resolved against the defaults: which model, voice, modalities, text, and its estimate."""
+
+    model: ModelInfo
+    voice: str
+    modalities: tuple[str, ...]
+    instructions: str | None
+    prompt: str | None
+    pad_silence_seconds: float
+
+
+def plan_item(item: Item, config: RunConfig) -> ItemPlan:
+    """Per-row overrides over the run's defaults. Raises UsageError for a bad model/voice/modalities."""
+    model = get_model(item.model or config.model)
+    voice = validate_voice(model, item.voice or config.voice)
+    modalities = validate_modalities(item.modalities or config.modalities)
+    instructions = item.instructions or config.instructions
+    prompt = item.prompt
+    if prompt and not model.text_input:
+        # models without text input take the prompt only as instructions
+        instructions = f"{instructions}\n\n{prompt}" if instructions else prompt
+        prompt = None
+    has_visuals = bool(item.images or item.video)
+    needs_audio = not (model.text_input and prompt and not has_visuals)
+    pad = config.pad_silence_seconds if needs_audio else 0.0
+    return ItemPlan(model, voice, modalities, instructions, prompt, pad)
+
+
+def estimate_for(plan: ItemPlan, prepared: PreparedInput, ctx: ItemContext) -> tuple[cost.TokenEstimate, float | None]:
+    estimate = cost.estimate_tokens(
+        plan.model,
+        audio_seconds=prepared.audio_seconds,
+        image_sizes=[(image.width, image.height) for image in prepared.images],
+        texts=[plan.instructions, plan.prompt],
+        modalities=plan.modalities,
+        output=ctx.output,
+    )
+    price = ctx.prices.lookup(plan.model.name, ctx.config.resolved_region)
+    money = None if price is None else cost.cost_of_estimate(price, estimate, modalities=plan.modalities)
+    return estimate, money
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _error_fields(exc: BaseException, secrets: list[str]) -> dict[str, Any]:
+    code = getattr(exc, "code", "") or (str(getattr(exc, "status", "")) if hasattr(exc, "status") else "")
+    kind = exc.kind if isinstance(exc, BatchQwenError) else type(exc).__name__
+    return {
+        "error_type": kind,
+        "error_code": code or None,
+        "error_message": results.redact(str(exc) or type(exc).__name__, secrets),
+    }
+
+
+async def process_item(
+    item: Item,
+    ctx: ItemContext,
+    limiter: Limiter,
+    *,
+    event_log: Callable[[str, str, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Prepare, stream and collect one item; return its result row.
+
+    Item-level problems (bad media, a permanent server refusal, retries exhausted) become a failed row.
+    Raises FatalRunError for account-level errors and BudgetExceeded when the cap stops new sessions.
+    """
+    config = ctx.config
+    secrets = [config.api_key] if config.api_key else []
+    started = _now()
+    row: dict[str, Any] = {
+        "id": item.id,
+        "row": item.row,
+        "content_hash": item.content_hash,
+        "started_at": started,
+        "attempts": 0,
+        **{key: None if value is None else str(value) for key, value in item.passthrough.items()},
+    }
+    try:
+        manifest.validate_item(item)
+        plan = plan_item(item, config)
+        row.update(model=plan.model.name, voice=plan.voice, modalities=",".join(plan.modalities))
+        prepared = await asyncio.to_thread(
+            media.prepare_item, item, video_fps=config.video_fps, pad_silence_seconds=plan.pad_silence_seconds
+        )
+    except (ItemError, UsageError) as exc:
+        row.update(status="failed", finished_at=_now(), **_error_fields(exc, secrets))
+        return row
+
+    estimate, est_cost = estimate_for(plan, prepared, ctx)
+    price = ctx.prices.lookup(plan.model.name, config.resolved_region)
+    row.update(
+        input_audio_seconds=round(prepared.audio_seconds, 3),
+        padded_silence_seconds=prepared.padded_silence_seconds,
+        image_count=len(prepared.images),
+        **{f"est_{name}_tokens": value for name, value in estimate.as_dict().items()},
+        est_cost=est_cost,
+        currency=ctx.prices.currency,
+    )
+    request = TurnRequest(
+        model=plan.model,
+        voice=plan.voice,
+        modalities=plan.modalities,
+        media=prepared,
+        instructions=plan.instructions,
+        prompt=plan.prompt,
+        transcribe_input=config.transcribe_input,
+    )
+    settings = ctx.client
+    if event_log is not None:
+        settings = replace(settings, event_log=lambda direction, event: event_log(item.id, direction, event))
+
+    delays = backoff_delays()
+    failed_tokens = 0
+    result: TurnResult | None = None
+    while True:
+        reservation = await limiter.acquire(tokens=estimate.total, cost=est_cost or 0.0)
+        row["attempts"] += 1
+        try:
+            result = await asyncio.wait_for(run_turn(request, settings), timeout=config.item_timeout)
+        except (BatchQwenError, TimeoutError) as exc:
+            limiter.release(reservation, tokens=None, cost=0.0)
+            kind = classify(exc)
+            if kind == "fatal":
+                raise FatalRunError(exc) from exc
+            if kind == "retryable" and row["attempts"] < config.max_attempts:
+                delay = next(delays)
+                if is_throttling(exc):
+                    limiter.cool_down(delay)
+                log.info("item %s attempt %d failed (%s); retrying in %.1f s", item.id, row["attempts"], exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            row.update(status="failed", finished_at=_now(), failed_attempt_tokens=failed_tokens or None,
+                       **_error_fields(exc, secrets))  # fmt: skip
+            return row
+        break
+
+    usage = result.usage
+    actual_cost: float | None = None
+    basis: str | None = None
+    if usage is not None:
+        tokens, basis = cost.usage_tokens(usage, estimate=estimate, modalities=plan.modalities)
+        if price is not None:
+            actual_cost, basis = cost.cost_of_usage(price, usage, estimate=estimate, modalities=plan.modalities)
+        row.update(
+            usage_input_text_tokens=tokens.input_text,
+            usage_input_audio_tokens=tokens.input_audio,
+            usage_input_image_tokens=tokens.input_image,
+            usage_output_text_tokens=tokens.output_text,
+            usage_output_audio_tokens=tokens.output_audio,
+            usage_input_tokens=usage.input_tokens,
+            usage_output_tokens=usage.output_tokens,
+            usage_total_tokens=usage.total_tokens,
+        )
+    elif est_cost is not None:
+        actual_cost, basis = est_cost, "estimate"
+    limiter.release(reservation, tokens=usage.total_tokens if usage else None, cost=actual_cost or 0.0)
+
+    wav_rel: str | None = None
+    out_seconds = 0.0
+    if result.output_pcm:
+        wav_path = results.wav_path(ctx.out_dir, item.id)
+        wav = media.pcm_to_wav(result.output_pcm, plan.model.output_sample_rate)
+        await asyncio.to_thread(results.write_wav_atomic, wav_path, wav)
+        wav_rel = wav_path.relative_to(ctx.out_dir).as_posix()
+        out_seconds = len(result.output_pcm) / (2 * plan.model.output_sample_rate)
+    row.update(
+        status="ok",
+        finished_at=_now(),
+        input_transcript=result.input_transcript,
+        output_text=result.output_text,
+        output_transcript=result.output_transcript,
+        output_wav=wav_rel,
+        output_audio_seconds=round(out_seconds, 3),
+        cost=actual_cost,
+        cost_basis=basis,
+        failed_attempt_tokens=failed_tokens or None,
+        session_id=result.session_id,
+        response_ids=",".join(result.response_ids),
+        connect_seconds=result.connect_seconds,
+        first_text_seconds=result.first_text_seconds,
+        first_audio_seconds=result.first_audio_seconds,
+        total_seconds=result.total_seconds,
+    )
+    return row
+
+
+# ----------------------------------------------------------------------------- the whole run
+
+
+class EventLog:
+    """``--log-events``: every raw event as a JSON line, base64 payloads elided, the key never present."""
+
+    def __init__(self, path: Path, secrets: list[str]):
+        self._file: TextIO = path.open("a", encoding="utf-8")
+        self._secrets = secrets
+
+    def __call__(self, item_id: str, direction: str, event: dict[str, Any]) -> None:
+        line = json.dumps({"t": round(time.time(), 3), "item": item_id, "dir": direction, "event": redact_event(event)},
+                          ensure_ascii=False)  # fmt: skip
+        self._file.write(results.redact(line, self._secrets) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class Progress:
+    """A tqdm bar on a terminal; plain periodic log lines otherwise (cron, CI, pipes)."""
+
+    def __init__(self, total: int, *, bar: bool, interval: float = 10.0):
+        self.total = total
+        self.done = self.failed = self.skipped = 0
+        self.tokens = 0
+        self.cost = 0.0
+        self._interval = interval
+        self._last = time.monotonic()
+        self._bar: Any = None
+        if bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="item", file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, row: dict[str, Any], *, skipped: bool = False) -> None:
+        if skipped:
+            self.skipped += 1
+        elif row.get("status") == "ok":
+            self.done += 1
+        else:
+            self.failed += 1
+        self.tokens += int(row.get("usage_total_tokens") or 0)
+        self.cost += float(row.get("cost") or 0.0)
+        if self._bar is not None:
+            self._bar.set_postfix(ok=self.done, failed=self.failed, skipped=self.skipped, tokens=self.tokens,
+                                  cost=f"{self.cost:.4f}", refresh=False)  # fmt: skip
+            self._bar.update(1)
+        elif time.monotonic() - self._last >= self._interval:
+            self._last = time.monotonic()
+            log.info("progress: %s", self.line())
+
+    def line(self) -> str:
+        finished = self.done + self.failed + self.skipped
+        return (f"{finished}/{self.total} items (ok {self.done}, failed {self.failed}, skipped {self.skipped});"
+                f" tokens {self.tokens}; cost {self.cost:.4f}")  # fmt: skip
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+@contextlib.asynccontextmanager
+async def _endpoint(config: RunConfig) -> AsyncIterator[tuple[str, str]]:
+    """The URL and key to use: the real service, or the built-in simulator started in-process."""
+    if not config.simulate:
+        if not config.api_key:
+            raise UsageError("no API key: set DASHSCOPE_API_KEY or pass --api-key (or use --simulate / --dry-run)")
+        yield config.url, config.api_key
+        return
+    from batchqwen.simulator import Simulator, SimulatorConfig
+
+    async with Simulator(SimulatorConfig(), host="127.0.0.1", port=0) as sim:
+        yield sim.url, config.api_key or "sk-simulator"
+
+
+def client_settings(config: RunConfig, url: str, api_key: str) -> ClientSettings:
+    return ClientSettings(
+        base_url=url,
+        api_key=api_key,
+        workspace=config.workspace,
+        open_timeout=config.connect_timeout,
+        first_event_timeout=config.first_event_timeout,
+        idle_timeout=config.idle_timeout,
+        session_timeout=config.item_timeout,
+        pace=config.pace,
+    )
+
+
+def _install_signal_handlers(stop: Callable[[int], None]) -> Callable[[], None]:
+    loop = asyncio.get_running_loop()
+    installed = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop, signum)
+            installed.append(signum)
+
+    def remove() -> None:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+    return remove
+
+
+def _pending_items(
+    items: Iterator[Item], done_rows: dict[str, dict[str, Any]], progress: Progress, counters: dict[str, int]
+) -> Iterator[Item]:
+    """Skip items already ok with unchanged content; everything else (failed, changed, new) is run."""
+    for item in items:
+        previous = done_rows.get(item.id)
+        if previous is not None and previous.get("status") == "ok":
+            if previous.get("content_hash") == item.content_hash:
+                counters["skipped"] += 1
+                progress.update(previous, skipped=True)
+                continue
+            counters["changed"] += 1
+            log.warning("item %s changed since its last ok result (row %d): running it again", item.id, item.row)
+        yield item
+
+
+async def run(config: RunConfig) -> RunOutcome:
+    """Run a whole manifest. Raises ManifestError / UsageError / LockHeld before any session opens."""
+    started = time.monotonic()
+    summary_check = manifest.check_manifest(config.manifest)
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out, wait=config.wait_lock):
+        return await _run_locked(config, summary_check, started)
+
+
+async def _run_locked(config: RunConfig, checked: manifest.ManifestSummary, started: float) -> RunOutcome:
+    out = config.out
+    prices = cost.load_prices(config.prices)
+    output = cost.OutputAssumption(output_seconds_per_item=config.output_seconds)
+    journal = results.Journal(out)
+    done_rows = journal.load()
+    secrets = [config.api_key] if config.api_key else []
+    total = checked.rows if config.limit is None else min(checked.rows, config.limit)
+    show_bar = config.progress if config.progress is not None else (sys.stderr.isatty() and not config.quiet)
+    progress = Progress(total, bar=show_bar)
+    counters = {"skipped": 0, "changed": 0, "ran": 0}
+    stop_reason: list[str] = []  # first reason wins: "fatal: ...", "budget: ...", "signal: SIGINT"
+    exit_signal: list[int] = []
+    event_log = EventLog(config.log_events, secrets) if config.log_events else None
+
+    if config.max_cost is not None:
+        from batchqwen.estimate import estimate_manifest
+
+        report = await asyncio.to_thread(
+            estimate_manifest, config.manifest, default_model=config.model, region=config.resolved_region,
+            prices=prices, output=output, modalities=config.modalities, instructions=config.instructions,
+            limit=config.limit, pad_silence_seconds=config.pad_silence_seconds, out_dir=out,
+            skip_ids={i for i, r in done_rows.items() if r.get("status") == "ok"},
+        )  # fmt: skip
+        if report.total_cost is not None and report.total_cost > config.max_cost:
+            raise BudgetExceeded(
+                f"estimated cost {report.total_cost:.4f} {report.currency} exceeds --max-cost {config.max_cost:g}"
+                f" by {report.total_cost - config.max_cost:.4f}; nothing was started (see {out / 'estimate.parquet'})"
+            )
+
+    async with _endpoint(config) as (url, api_key):
+        ctx = ItemContext(config, client_settings(config, url, api_key), prices, output, out)
+        model = get_model(config.model)
+        limiter = Limiter(
+            concurrency=config.concurrency,
+            rpm=config.rpm if config.rpm is not None else (None if config.simulate else model.default_rpm),
+            tpm=config.tpm if config.tpm is not None else (None if config.simulate else model.default_tpm),
+            max_cost=config.max_cost,
+        )
+        items = _pending_items(manifest.iter_items(config.manifest, limit=config.limit), done_rows, progress, counters)
+        in_flight: set[asyncio.Task[dict[str, Any]]] = set()
+        stopping = asyncio.Event()
+
+        def stop(signum: int) -> None:
+            if exit_signal:  # a second signal: stop waiting for in-flight items
+                for task in in_flight:
+                    task.cancel()
+                return
+            exit_signal.append(signum)
+            stop_reason.append(f"signal: {signal.Signals(signum).name}")
+            log.warning("%s received: no new items; waiting up to %g s for %d in flight",
+                        signal.Signals(signum).name, config.grace_seconds, len(in_flight))  # fmt: skip
+            stopping.set()
+
+        remove_handlers = _install_signal_handlers(stop)
+
+        async def worker() -> None:
+            while not stopping.is_set():
+                item = next(items, None)
+                if item is None:
+                    return
+                task = asyncio.create_task(process_item(item, ctx, limiter, event_log=event_log))
+                in_flight.add(task)
+                try:
+                    row = await task
+                except FatalRunError as exc:
+                    if not stop_reason:
+                        stop_reason.append(f"fatal: {results.redact(str(exc.cause), secrets)}")
+                    stopping.set()
+                    for other in in_flight:
+                        if other is not task:
+                            other.cancel()
+                    return
+                except BudgetExceeded as exc:
+                    if not stop_reason:
+                        stop_reason.append(f"budget: {exc}")
+                    stopping.set()
+                    return
+                except asyncio.CancelledError:
+                    if task.cancelled() and stopping.is_set():
+                        return  # cancelled on purpose: the item stays unfinished and reruns next time
+                    raise
+                finally:
+                    in_flight.discard(task)
+                journal.append(row)
+                done_rows[row["id"]] = row
+                counters["ran"] += 1
+                progress.update(row)
+
+        workers = [asyncio.create_task(worker()) for _ in range(config.concurrency)]
+        try:
+            all_done = asyncio.gather(*workers)
+            while not all_done.done():
+                await asyncio.wait([all_done], timeout=0.5)
+                if stopping.is_set() and exit_signal and in_flight:
+                    await asyncio.wait([all_done], timeout=config.grace_seconds)
+                    for task in in_flight:
+                        task.cancel()
+            await all_done
+        finally:
+            remove_handlers()
+            progress.close()
+            if event_log is not None:
+                event_log.close()
+
+    results_path = results.write_results(
+        out, manifest.iter_items(config.manifest), done_rows, checked.passthrough_columns
+    )
+    summary = results.summarize(done_rows.values())
+    reason = stop_reason[0] if stop_reason else "completed"
+    if exit_signal:
+        exit_code = EXIT_SIGINT if exit_signal[0] == signal.SIGINT else EXIT_SIGTERM
+    elif stop_reason:
+        exit_code = EXIT_ABORTED
+    elif any(r.get("status") != "ok" for r in done_rows.values()):
+        exit_code = EXIT_SOME_FAILED
+    else:
+        exit_code = EXIT_OK
+    summary.update(
+        manifest=str(config.manifest),
+        out=str(out),
+        model=config.model,
+        simulate=config.simulate,
+        items_in_manifest=checked.rows,
+        items_run_now=counters["ran"],
+        items_skipped_already_ok=counters["skipped"],
+        items_changed_since_last_ok=counters["changed"],
+        sessions_started=limiter.sessions_started,
+        throttle_cooldowns=limiter.cooldowns,
+        duration_seconds=round(time.monotonic() - started, 3),
+        exit_code=exit_code,
+        exit_reason=reason,
+        output_assumption=output.describe(),
+        prices_source=prices.source,
+        prices_as_of=prices.as_of,
+    )
+    results.write_summary(out, summary)
+    return RunOutcome(exit_code, reason, summary, results_path)
