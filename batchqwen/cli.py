@@ -279,5 +279,14 @@ def models(prices: Path | None) -> None:
     # fmt: skip
 
 
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+def report(out: Path) -> None:
+    """Totals of a finished run in OUT: estimate vs actual by modality, and the estimate's error."""
+    from batchqwen.report import build_report, format_report
+
+    click.echo(format_report(_call(build_report, out)))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
