@@ -1,0 +1,576 @@
+"""Results out, crash-safe: the journal, atomic files, the final ``results.parquet`` and ``summary.json``.
+
+The journal (``OUT/journal.jsonl``) is the source of truth while a run is going: one JSON line per
+finished attempt, appended, flushed and fsynced before :meth:`Journal.append` returns, so an item counts
+as done only once its line is on disk. A kill can at worst tear the last line; :meth:`Journal.load`
+ignores it and keeps the *last* record per id. ``results.parquet`` and ``summary.json`` are derived from
+the manifest plus the journal at the end of a run (and can be rebuilt at any time), each written to a temp
+file in the same folder, fsynced, then ``os.replace``-d over the old one. See ``docs/results_schema.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import tempfile
+import threading
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batchqwen.errors import BatchQwenError, HandshakeRejected, ServerError
+from batchqwen.items import Item
+
+JOURNAL_NAME = "journal.jsonl"
+RESULTS_NAME = "results.parquet"
+SUMMARY_NAME = "summary.json"
+AUDIO_DIR = "audio"
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+STATUS_SKIPPED = "skipped"  # journaled on purpose without a session (e.g. the budget cap was reached)
+STATUS_PENDING = "pending"  # no (current) journal record: not run yet (--limit, interrupt, crash)
+STATUSES: tuple[str, ...] = (STATUS_OK, STATUS_FAILED, STATUS_SKIPPED, STATUS_PENDING)
+
+MAX_ERROR_MESSAGE = 4_000
+WRITE_BATCH_ROWS = 10_000
+
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+#: the stable result columns, in order; passthrough columns (strings) are appended per run
+RESULT_SCHEMA: pa.Schema = pa.schema(
+    [
+        ("id", pa.string()),
+        ("row", pa.int64()),
+        ("status", pa.string()),
+        ("error_type", pa.string()),
+        ("error_code", pa.string()),
+        ("error_message", pa.string()),
+        ("attempts", pa.int64()),
+        ("model", pa.string()),
+        ("voice", pa.string()),
+        ("modalities", pa.string()),
+        ("input_transcript", pa.string()),
+        ("output_text", pa.string()),
+        ("output_transcript", pa.string()),
+        ("output_wav", pa.string()),
+        ("output_audio_seconds", pa.float64()),
+        ("input_audio_seconds", pa.float64()),
+        ("padded_silence_seconds", pa.float64()),
+        ("image_count", pa.int64()),
+        ("est_input_text_tokens", pa.int64()),
+        ("est_input_audio_tokens", pa.int64()),
+        ("est_input_image_tokens", pa.int64()),
+        ("est_output_text_tokens", pa.int64()),
+        ("est_output_audio_tokens", pa.int64()),
+        ("est_cost", pa.float64()),
+        ("usage_input_text_tokens", pa.int64()),
+        ("usage_input_audio_tokens", pa.int64()),
+        ("usage_input_image_tokens", pa.int64()),
+        ("usage_output_text_tokens", pa.int64()),
+        ("usage_output_audio_tokens", pa.int64()),
+        ("usage_input_tokens", pa.int64()),
+        ("usage_output_tokens", pa.int64()),
+        ("usage_total_tokens", pa.int64()),
+        ("failed_attempt_tokens", pa.int64()),
+        ("cost", pa.float64()),
+        ("cost_basis", pa.string()),
+        ("currency", pa.string()),
+        ("session_id", pa.string()),
+        ("response_ids", pa.list_(pa.string())),
+        ("started_at", _TIMESTAMP),
+        ("finished_at", _TIMESTAMP),
+        ("connect_seconds", pa.float64()),
+        ("first_text_seconds", pa.float64()),
+        ("first_audio_seconds", pa.float64()),
+        ("total_seconds", pa.float64()),
+        ("content_hash", pa.string()),
+    ]
+)
+RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
+PASSTHROUGH_PREFIX = "manifest_"  # for a passthrough column whose name is taken by a result column
+
+
+@dataclass
+class ResultRow:
+    """One result row; field for field the columns of :data:`RESULT_SCHEMA` (a test keeps them in step)."""
+
+    id: str
+    row: int
+    status: str
+    error_type: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    attempts: int = 0
+    model: str | None = None
+    voice: str | None = None
+    modalities: str | None = None  # "text" or "text,audio"
+    input_transcript: str | None = None
+    output_text: str | None = None
+    output_transcript: str | None = None
+    output_wav: str | None = None  # relative to OUT, e.g. "audio/a.wav"
+    output_audio_seconds: float | None = None
+    input_audio_seconds: float | None = None
+    padded_silence_seconds: float | None = None
+    image_count: int | None = None
+    est_input_text_tokens: int | None = None
+    est_input_audio_tokens: int | None = None
+    est_input_image_tokens: int | None = None
+    est_output_text_tokens: int | None = None
+    est_output_audio_tokens: int | None = None
+    est_cost: float | None = None
+    usage_input_text_tokens: int | None = None
+    usage_input_audio_tokens: int | None = None
+    usage_input_image_tokens: int | None = None
+    usage_output_text_tokens: int | None = None
+    usage_output_audio_tokens: int | None = None
+    usage_input_tokens: int | None = None
+    usage_output_tokens: int | None = None
+    usage_total_tokens: int | None = None
+    failed_attempt_tokens: int | None = None
+    cost: float | None = None
+    cost_basis: str | None = None  # "usage" | "estimate"
+    currency: str | None = None
+    session_id: str | None = None
+    response_ids: list[str] = field(default_factory=list)
+    started_at: datetime | None = None  # timezone-aware, UTC
+    finished_at: datetime | None = None
+    connect_seconds: float | None = None
+    first_text_seconds: float | None = None
+    first_audio_seconds: float | None = None
+    total_seconds: float | None = None
+    content_hash: str = ""
+
+    @classmethod
+    def from_item(cls, item: Item, status: str, **fields: Any) -> ResultRow:
+        """A row for ``item`` with id, row number, content hash and per-row settings filled in.
+
+        ``fields`` override anything (e.g. the effective model and voice after defaults were applied).
+        """
+        base: dict[str, Any] = {
+            "id": item.id,
+            "row": item.row,
+            "status": status,
+            "model": item.model,
+            "voice": item.voice,
+            "modalities": ",".join(item.modalities) if item.modalities else None,
+            "image_count": len(item.images),
+            "content_hash": item.content_hash,
+        }
+        base.update(fields)
+        return cls(**base)
+
+    def to_record(self) -> dict[str, Any]:
+        """The row as a JSON-ready dict (timestamps as ISO 8601 text), as the journal stores it."""
+        record = dataclasses.asdict(self)
+        for key in ("started_at", "finished_at"):
+            value = record[key]
+            record[key] = value.isoformat() if isinstance(value, datetime) else None
+        return record
+
+
+# ----------------------------------------------------------------------------- errors -> rows
+
+_KEY_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"sk-[A-Za-z0-9_\-]{8,}"), "sk-***"),
+    (re.compile(r"(?i)(bearer\s+)[^\s\"',;]+"), r"\1***"),
+    (re.compile(r"(?i)(api[_-]?key[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]+"), r"\1***"),
+)
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every given secret, and anything shaped like an API key or bearer token, masked."""
+    for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    for pattern, replacement in _KEY_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def error_fields(exc: BaseException, *, secrets: Iterable[str] = ()) -> dict[str, str | None]:
+    """``error_type`` / ``error_code`` / ``error_message`` for an exception, message redacted and capped."""
+    error_type = exc.kind if isinstance(exc, BatchQwenError) else type(exc).__name__
+    code: str | None = None
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, ServerError):
+        code = exc.code or exc.error_type or None
+        message = exc.message + (f" (param {exc.param})" if exc.param else "")
+    elif isinstance(exc, HandshakeRejected):
+        code = str(exc.status)
+    message = redact(message, secrets)
+    if len(message) > MAX_ERROR_MESSAGE:
+        message = message[: MAX_ERROR_MESSAGE - 1] + "…"
+    return {"error_type": error_type, "error_code": code, "error_message": message}
+
+
+def failed_row(
+    item: Item, exc: BaseException, *, attempts: int = 1, secrets: Iterable[str] = (), **fields: Any
+) -> ResultRow:
+    """A ``failed`` row for ``item`` from the exception that ended its last attempt."""
+    return ResultRow.from_item(
+        item, STATUS_FAILED, attempts=attempts, **error_fields(exc, secrets=secrets), **fields
+    )
+
+
+def needs_run(item: Item, record: Mapping[str, Any] | None, *, retry_failed: bool = True) -> bool:
+    """Whether resume must (re)run ``item`` given its last journal record.
+
+    Done means: a record with status ``ok`` whose ``content_hash`` matches the item's (a changed row or
+    file under the same id runs again). Failed items run again unless ``retry_failed`` is off.
+    """
+    if record is None or record.get("content_hash") != item.content_hash:
+        return True
+    status = record.get("status")
+    if status == STATUS_OK:
+        return False
+    if status == STATUS_FAILED:
+        return retry_failed
+    return True
+
+
+# ----------------------------------------------------------------------------- file names and atomic writes
+
+_SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+_HASH_SUFFIX = re.compile(r"--[0-9a-f]{12}$", re.IGNORECASE)
+_WINDOWS_RESERVED = frozenset(
+    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
+    + [f"COM{i}" for i in range(10)]
+    + [f"LPT{i}" for i in range(10)]
+)
+SAFE_ID_MAX = 80  # characters kept from the id before the hash suffix
+
+
+def safe_id(item_id: str) -> str:
+    """A plain, portable file name stem for an id: only ``[A-Za-z0-9._-]``, never escaping a folder.
+
+    Unchanged when the id already is one (lower case, no leading dot, not a Windows device name, at most
+    80 characters, not ending like a hash suffix). Otherwise a readable stem + ``--`` + 12 hex of the
+    sha256 of the original id: distinct ids never share a name, even on case-insensitive file systems
+    (upper case counts as a change), short of a 48-bit hash collision.
+    """
+    # Accents are dropped rather than replaced ("café" reads as "cafe"); any other character becomes "_".
+    decomposed = "".join(c for c in unicodedata.normalize("NFKD", item_id) if not unicodedata.combining(c))
+    stem = _SAFE_CHARS.sub("_", decomposed)
+    stem = stem.lstrip(".")[:SAFE_ID_MAX].rstrip(".") or "_"
+    if stem.split(".")[0].upper() in _WINDOWS_RESERVED:
+        stem = "_" + stem
+    if stem == item_id and item_id == item_id.lower() and not _HASH_SUFFIX.search(item_id):
+        return item_id
+    digest = hashlib.sha256(item_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{stem}--{digest}"
+
+
+def _inside(out_dir: Path, path: Path) -> bool:
+    return path.resolve().is_relative_to(out_dir.resolve())
+
+
+def wav_path(out_dir: Path, item_id: str) -> Path:
+    """``OUT/audio/<safe id>.wav``, verified to stay inside OUT."""
+    path = Path(out_dir) / AUDIO_DIR / f"{safe_id(item_id)}.wav"
+    if not _inside(Path(out_dir), path):  # cannot happen with safe_id; defence in depth (symlinked audio/)
+        raise BatchQwenError(f"output path for id {item_id!r} would leave {out_dir}: {path}")
+    return path
+
+
+def relative_to_out(out_dir: Path, path: Path) -> str:
+    """A path under OUT as the ``output_wav`` column stores it: relative, with forward slashes."""
+    return Path(path).relative_to(Path(out_dir)).as_posix()
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; some file systems refuse O_RDONLY on a directory: best effort.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a kill leaves either the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_wav_atomic(path: Path, wav_bytes: bytes) -> None:
+    """Atomically write a WAV file; refuses bytes that are not a RIFF/WAVE file (e.g. raw PCM)."""
+    if wav_bytes[:4] != b"RIFF" or wav_bytes[8:12] != b"WAVE":
+        raise ValueError(f"refusing to write {path}: the data is not a RIFF/WAVE file")
+    atomic_write_bytes(path, wav_bytes)
+
+
+# ----------------------------------------------------------------------------- the journal
+
+
+class Journal:
+    """Append-only JSON Lines at ``OUT/journal.jsonl``: one result record (a result row) per line.
+
+    ``append`` returns only after the line is written, flushed and fsynced. Use from one process at a
+    time (the run lock sees to that); appends from several threads are serialised.
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir / JOURNAL_NAME
+        self.skipped_lines = 0  # unreadable lines seen by the last load(): torn writes
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def _open(self) -> int:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if created:
+            _fsync_dir(self.out_dir)
+        elif self._ends_torn():
+            # Seal a line torn by a kill so the next record starts on a line of its own.
+            os.write(fd, b"\n")
+        return fd
+
+    def _ends_torn(self) -> bool:
+        with self.path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() == 0:
+                return False
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) != b"\n"
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Append one record (must have a string ``id``); durable on disk when this returns."""
+        if not isinstance(record.get("id"), str):
+            raise TypeError("a journal record needs a string 'id'")
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
+        data = line.encode("utf-8", "surrogatepass")
+        with self._lock:
+            if self._fd is None:
+                self._fd = self._open()
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            os.fsync(self._fd)
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Every readable record in file order; unreadable (torn) lines are counted and skipped."""
+        self.skipped_lines = 0
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as handle:
+            for raw in handle:
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw.decode("utf-8", "surrogatepass"))
+                except ValueError:
+                    self.skipped_lines += 1
+                    continue
+                if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+                    self.skipped_lines += 1
+                    continue
+                yield record
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        """The last record per id (a later attempt supersedes an earlier one)."""
+        return {record["id"]: record for record in self.records()}
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+# ----------------------------------------------------------------------------- results.parquet
+
+
+def passthrough_names(passthrough_columns: Iterable[str]) -> dict[str, str]:
+    """Manifest column -> results column; a name taken by a result column gets the ``manifest_`` prefix."""
+    taken = {c.lower() for c in RESULT_COLUMNS}
+    names: dict[str, str] = {}
+    for column in passthrough_columns:
+        name = column
+        while name.lower() in taken:
+            name = PASSTHROUGH_PREFIX + name
+        taken.add(name.lower())
+        names[column] = name
+    return names
+
+
+def results_schema(passthrough_columns: Iterable[str]) -> pa.Schema:
+    """:data:`RESULT_SCHEMA` extended with one string column per passthrough column."""
+    schema = RESULT_SCHEMA
+    for name in passthrough_names(passthrough_columns).values():
+        schema = schema.append(pa.field(name, pa.string()))
+    return schema
+
+
+def passthrough_text(value: Any) -> str | None:
+    """A passthrough cell as the results store it: text as is, other JSON values as JSON text."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _coerce(value: Any, kind: pa.DataType) -> Any:
+    if value is None:
+        return None
+    if pa.types.is_int64(kind):
+        return int(value)
+    if pa.types.is_float64(kind):
+        return float(value)
+    if pa.types.is_timestamp(kind):
+        return datetime.fromisoformat(value) if isinstance(value, str) else value
+    if pa.types.is_list(kind):
+        return [str(v) for v in value]
+    return str(value)
+
+
+def _pending_record(item: Item) -> dict[str, Any]:
+    return ResultRow.from_item(item, STATUS_PENDING).to_record()
+
+
+def _row_for(item: Item, record: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    # A record written for other content under this id (the row or its files changed) is not this
+    # item's result.
+    if record is None or (record.get("content_hash") and record.get("content_hash") != item.content_hash):
+        return _pending_record(item)
+    return record
+
+
+def write_results(
+    out_dir: Path,
+    manifest_items: Iterable[Item],
+    journal_rows: Mapping[str, Mapping[str, Any]],
+    passthrough_columns: list[str],
+) -> Path:
+    """Write ``OUT/results.parquet``: one row per manifest item, in manifest order, atomically.
+
+    Items without a current journal record appear as ``pending``. Streams in batches of 10,000 rows.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / RESULTS_NAME
+    schema = results_schema(passthrough_columns)
+    names = passthrough_names(passthrough_columns)
+    fd, temp = tempfile.mkstemp(dir=out_dir, prefix=f".{RESULTS_NAME}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            writer = pq.ParquetWriter(handle, schema)
+            try:
+                columns: dict[str, list[Any]] = {name: [] for name in schema.names}
+                for item in manifest_items:
+                    record = _row_for(item, journal_rows.get(item.id))
+                    for column in RESULT_COLUMNS:
+                        columns[column].append(_coerce(record.get(column), RESULT_SCHEMA.field(column).type))
+                    columns["id"][-1] = item.id
+                    columns["row"][-1] = item.row
+                    for source, name in names.items():
+                        columns[name].append(passthrough_text(item.passthrough.get(source)))
+                    if len(columns["id"]) >= WRITE_BATCH_ROWS:
+                        writer.write_batch(pa.RecordBatch.from_pydict(columns, schema=schema))
+                        columns = {name: [] for name in schema.names}
+                if columns["id"]:
+                    writer.write_batch(pa.RecordBatch.from_pydict(columns, schema=schema))
+            finally:
+                writer.close()
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(out_dir)
+    return target
+
+
+# ----------------------------------------------------------------------------- summary.json
+
+_TOKEN_COLUMNS: tuple[str, ...] = (
+    *(c for c in RESULT_COLUMNS if c.startswith(("est_", "usage_")) and c.endswith("_tokens")),
+    "failed_attempt_tokens",
+)
+
+
+def summarize(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Counts by status, token totals (estimated and reported, by modality), cost, failures by type.
+
+    Token and cost sums skip missing values; ``cost`` sums the rows that have one, by currency.
+    """
+    by_status: Counter[str] = Counter()
+    failures: Counter[str] = Counter()
+    tokens: dict[str, int] = dict.fromkeys(_TOKEN_COLUMNS, 0)
+    est_cost: dict[str, float] = {}
+    cost: dict[str, float] = {}
+    cost_basis: Counter[str] = Counter()
+    seconds = {"input_audio_seconds": 0.0, "output_audio_seconds": 0.0}
+    total = 0
+    for row in rows:
+        total += 1
+        status = str(row.get("status") or STATUS_PENDING)
+        by_status[status] += 1
+        if status == STATUS_FAILED:
+            failures[str(row.get("error_type") or "unknown")] += 1
+        for column in _TOKEN_COLUMNS:
+            tokens[column] += int(row.get(column) or 0)
+        for column in seconds:
+            seconds[column] += float(row.get(column) or 0.0)
+        currency = str(row.get("currency") or "")
+        if row.get("est_cost") is not None:
+            est_cost[currency] = est_cost.get(currency, 0.0) + float(row["est_cost"])
+        if row.get("cost") is not None:
+            cost[currency] = cost.get(currency, 0.0) + float(row["cost"])
+            cost_basis[str(row.get("cost_basis") or "unknown")] += 1
+    return {
+        "items": total,
+        "by_status": {s: by_status.get(s, 0) for s in STATUSES} | dict(by_status),
+        "failures_by_type": dict(failures.most_common()),
+        "tokens": tokens,
+        "estimated_cost": {k: round(v, 6) for k, v in est_cost.items()},
+        "cost": {k: round(v, 6) for k, v in cost.items()},
+        "cost_rows_by_basis": dict(cost_basis),
+        "input_audio_seconds": round(seconds["input_audio_seconds"], 3),
+        "output_audio_seconds": round(seconds["output_audio_seconds"], 3),
+    }
+
+
+def write_summary(out_dir: Path, summary: Mapping[str, Any]) -> Path:
+    """Atomically write ``OUT/summary.json`` (pretty-printed, UTF-8)."""
+    target = Path(out_dir) / SUMMARY_NAME
+    text = json.dumps(summary, ensure_ascii=False, indent=2, default=str) + "\n"
+    atomic_write_bytes(target, text.encode("utf-8", "surrogatepass"))
+    return target
