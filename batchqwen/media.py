@@ -219,37 +219,48 @@ def probe_image_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB; transparency flattened onto white."""
+def _normalize_mode(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB, or RGBA when the image has transparency (flattened later, after
+    the resize, which is far cheaper on a big image)."""
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # Pillow's own conversion clips 16-bit values at 255; scale them instead
         array = np.asarray(image).astype(np.uint32)
         image = Image.fromarray((array >> 8).clip(0, 255).astype(np.uint8), mode="L")
     elif image.mode == "F":
         image = Image.fromarray(np.asarray(image).clip(0, 255).astype(np.uint8), mode="L")
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        image.mode in ("P", "L", "RGB", "1") and "transparency" in image.info
-    )
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        return image if image.mode == "RGBA" else image.convert("RGBA")
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def _flatten(image: Image.Image) -> Image.Image:
+    """RGBA -> RGB on a white background; RGB unchanged."""
+    if image.mode != "RGBA":
+        return image
+    background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, image).convert("RGB")
+
+
+def _resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    # Pillow resizes RGBA premultiplied, so transparent pixels do not bleed into the edges
+    if image.size == size:
+        return image
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
+
+
 def _encode_jpeg(image: Image.Image, size: tuple[int, int]) -> tuple[bytes, int, int]:
-    """Resize an RGB image to ``size`` and encode it within MAX_JPEG_BYTES."""
-    if image.size != size:
-        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
+    """Resize an RGB or RGBA image to ``size``, flatten it and encode it within MAX_JPEG_BYTES."""
+    original = image
+    image = _flatten(_resize(image, size))
     for quality in JPEG_QUALITY_LADDER:
         data = _jpeg_bytes(image, quality)
         if len(data) <= MAX_JPEG_BYTES:
             return data, image.width, image.height
     # last resort: the lowest rung is still too big (noise-like content), so shrink the pixels
+    width, height = size
     while True:
-        width = max(1, int(image.width * SHRINK_STEP))
-        height = max(1, int(image.height * SHRINK_STEP))
-        image = image.resize((width, height), Image.Resampling.LANCZOS)
+        width, height = max(1, int(width * SHRINK_STEP)), max(1, int(height * SHRINK_STEP))
+        image = _flatten(_resize(original, (width, height)))
         data = _jpeg_bytes(image, JPEG_QUALITY_LADDER[-1])
         if len(data) <= MAX_JPEG_BYTES or (width == 1 and height == 1):
             return data, width, height
@@ -270,15 +281,17 @@ def prepare_image(path: Path, *, at_seconds: float = 0.0) -> TimedImage:
             target = fit_image_size(*oriented)
             if image.format == "JPEG" and target != oriented:
                 # let libjpeg decode at a reduced DCT scale (never below the target): far faster
-                stored = target if oriented == image.size else (target[1], target[0])
+                swapped = _orientation(image) in _SWAPPING_ORIENTATIONS
+                stored = (target[1], target[0]) if swapped else target
                 image.draft(None, stored)
-            loaded = ImageOps.exif_transpose(image)
-            rgb = _to_rgb(loaded)
+            image.load()  # decode now, so a truncated file fails here as a MediaError
+            ImageOps.exif_transpose(image, in_place=True)
+            normalized = _normalize_mode(image)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise MediaError(f"image too large: {path}") from None
         except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as exc:
             raise MediaError(f"not an image Pillow can read: {path} ({_reason(exc)})") from None
-    data, width, height = _encode_jpeg(rgb, target)
+        data, width, height = _encode_jpeg(normalized, target)
     return TimedImage(at_seconds=at_seconds, jpeg=data, width=width, height=height)
 
 
