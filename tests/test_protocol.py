@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import io
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from batchqwen.errors import (
     ConnectionDropped,
@@ -49,10 +52,14 @@ from batchqwen.events import (
     SessionUpdate,
     SessionUpdated,
     UnknownEvent,
+    parse_event,
+    to_json,
 )
 from batchqwen.items import PreparedInput, TimedImage, TurnRequest
-from batchqwen.models import get_model
+from batchqwen.models import audio_tokens, get_model, image_tokens
 from batchqwen.protocol import ClientTurn, FunctionCall, State, build_session_config
+from batchqwen.sim_core import ServerSession, SimulatorConfig, synthesize
+from batchqwen.tokens import count_text_tokens
 
 FLASH = get_model("qwen3-omni-flash-realtime")
 TURBO = get_model("qwen-omni-turbo-realtime")
@@ -644,3 +651,129 @@ def test_chunks_round_trip_and_images_follow_their_audio(
             images_sent.append(base64.b64decode(event.image, validate=True))
     assert audio_so_far == pcm
     assert images_sent == [image.jpeg for image in images]
+
+
+# ----------------------------------------------------------------------------- against the simulator's core
+
+
+def tone(seconds: float, freq: float = 440.0) -> bytes:
+    """A loud sine tone: real PCM16 that the simulator's VAD hears as speech."""
+    n = int(seconds * 16_000)
+    t = np.arange(n) / 16_000
+    return (0.5 * np.sin(2 * np.pi * freq * t) * 32767).astype("<i2").tobytes()
+
+
+def jpeg(width: int, height: int, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def run_pair(core: ClientTurn, server: ServerSession) -> list[Event]:
+    """Client core and server core in memory, every event through its JSON frame; returns what was sent."""
+    sent: list[Event] = []
+    inbox = [parse_event(to_json(e)) for e in server.opening_events()]
+    now = 0.0
+    while not core.done:
+        if not inbox:
+            assert core.deadline is not None, f"stalled in {core.state}"
+            now = core.deadline
+            core.tick(now)
+        else:
+            core.receive(inbox.pop(0), now)
+        while (out := core.next_event()) is not None:
+            sent.append(out.event)
+            inbox += [parse_event(to_json(e)) for e in server.receive_frame(to_json(out.event))]
+    return sent
+
+
+def test_full_turn_against_the_simulator_core_in_memory() -> None:
+    instructions = "Describe what you hear and see, briefly."
+    image = TimedImage(0.5, jpeg(640, 480), 640, 480)
+    request = make_request(pcm=tone(1.5), images=[image], instructions=instructions)
+    server = ServerSession(FLASH.name, config=SimulatorConfig())
+    core = ClientTurn(request)
+    sent = run_pair(core, server)
+    assert state(core) is State.CLOSED and core.failure is None and core.late_error is None
+    assert server.should_close
+    assert sum(isinstance(e, InputAudioBufferAppend) for e in sent) == 15
+    assert sum(isinstance(e, InputImageBufferAppend) for e in sent) == 1
+
+    result = core.result()
+    assert result.session_id == server.session_id
+    assert result.response_ids == list(server.usages)
+    assert result.input_transcript == "[speech 0.0–1.5 s]"
+    assert "I heard 1.5 s of audio" in result.output_transcript
+    assert "saw 1 image (640×480, mostly red)" in result.output_transcript
+    assert result.output_text == ""
+    assert result.output_pcm == synthesize(result.output_transcript, SimulatorConfig().word_ms)
+
+    usage = result.usage
+    assert usage is not None
+    assert usage.input_text_tokens == count_text_tokens(instructions)
+    assert usage.input_audio_tokens == audio_tokens(FLASH, 1.5)
+    assert usage.input_image_tokens == image_tokens(FLASH, 640, 480)
+    assert usage.input_tokens == count_text_tokens(instructions) + audio_tokens(FLASH, 1.5) + image_tokens(
+        FLASH, 640, 480
+    )
+    assert usage.output_audio_tokens == audio_tokens(FLASH, len(result.output_pcm) / 48_000)
+    assert usage.total_tokens == usage.input_tokens + usage.output_tokens
+
+
+def test_text_mode_with_prompt_on_a_text_input_model_in_memory() -> None:
+    request = make_request(
+        pcm=tone(1.0), model=OMNI35, modalities=("text",), prompt="What note is this?", transcribe_input=False
+    )
+    server = ServerSession(OMNI35.name)
+    core = ClientTurn(request)
+    run_pair(core, server)
+    result = core.result()
+    assert "You wrote: 'What note is this?'" in result.output_text
+    assert result.output_transcript == "" and result.output_pcm == b""
+    assert result.input_transcript == ""
+    assert result.usage is not None
+    assert result.usage.input_text_tokens == count_text_tokens("What note is this?")
+
+
+def test_tool_round_against_the_simulator_core() -> None:
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "lookup", "parameters": {"properties": {"q": {"type": "string"}}}},
+        }
+    ]
+    calls: list[FunctionCall] = []
+
+    def handler(call: FunctionCall) -> str:
+        calls.append(call)
+        return "forty-two"
+
+    request = make_request(
+        pcm=tone(1.0), model=OMNI35, instructions="use lookup", session_options={"tools": tools}
+    )
+    core = ClientTurn(request, tool_handler=handler)
+    run_pair(core, ServerSession(OMNI35.name))
+    assert [c.name for c in calls] == ["lookup"]
+    result = core.result()
+    assert len(result.response_ids) == 2
+    assert "Tool lookup returned: 'forty-two'" in result.output_transcript
+
+
+def test_rejected_session_finish_in_memory_is_not_a_failure() -> None:
+    config = SimulatorConfig(finish_unsupported_models=(FLASH.name,))
+    core = ClientTurn(make_request(pcm=tone(1.0)))
+    run_pair(core, ServerSession(FLASH.name, config=config))
+    assert state(core) is State.CLOSED and core.failure is None
+    assert isinstance(core.late_error, ServerError) and core.late_error.code == "invalid_event"
+    assert core.result().output_pcm
+
+
+def test_bad_voice_in_memory_is_a_server_error() -> None:
+    request = TurnRequest(
+        model=TURBO, voice="Nofish", modalities=("text", "audio"), media=PreparedInput(tone(1.0))
+    )
+    core = ClientTurn(request)
+    run_pair(core, ServerSession(TURBO.name))
+    assert state(core) is State.FAILED
+    assert isinstance(core.failure, ServerError)
+    assert core.failure.error_type == "invalid_request_error" and core.failure.param
