@@ -1,0 +1,479 @@
+"""The offline dry run: tokens and money for a whole manifest, without any network access.
+
+Items stream from the manifest into a small thread pool that probes their media from container
+metadata (no decoding); results come back in manifest order, go to ``OUT/estimate.parquet`` in batches,
+and only aggregates stay in memory, so a million-row manifest runs in flat memory.
+
+Per item, the rules are those of the real run (see :func:`batchqwen.cost.estimate_tokens`):
+
+* audio: the audio file's duration; else the video's audio track; else ``pad_silence_seconds`` of
+  silence (the runner pads such items, because the service needs audio before images);
+* images: each image's size after EXIF orientation, fitted as the runner sends it
+  (:func:`batchqwen.media.fit_image_size`); video frames at ``video_fps`` (at most ``max_video_frames``)
+  at the video's fitted frame size;
+* text: the row's instructions (else the run's) and the prompt;
+* output: from the :class:`~batchqwen.cost.OutputAssumption`.
+
+A row with a problem (missing file, unreadable media, unknown model or voice) is listed, counted and
+left out of the totals; it never stops the estimate. A model with no known price has its tokens counted
+and its cost reported as unknown (None), never as zero.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batchqwen.cost import (
+    MODALITIES,
+    ModelPrice,
+    OutputAssumption,
+    PriceBook,
+    TokenEstimate,
+    cost_breakdown,
+    estimate_tokens,
+    normalize_region,
+)
+from batchqwen.errors import BatchQwenError
+from batchqwen.items import Item
+from batchqwen.manifest import iter_items, validate_item
+from batchqwen.media import (
+    DEFAULT_MAX_VIDEO_FRAMES,
+    fit_image_size,
+    probe_audio_seconds,
+    probe_image_size,
+    probe_video,
+)
+from batchqwen.models import get_model, validate_modalities, validate_voice
+from batchqwen.tokens import text_tokens_exact
+
+ESTIMATE_FILE = "estimate.parquet"
+WRITE_BATCH_ROWS = 2_048
+MAX_PROBLEMS_KEPT = 20  # problems listed in the report; all are counted and all are in the Parquet file
+DEFAULT_WORKERS = min(8, (os.cpu_count() or 2) * 2)  # probing is mostly waiting on file metadata
+
+ESTIMATE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("row", pa.int64()),
+        ("model", pa.string()),
+        ("modalities", pa.string()),
+        ("audio_seconds", pa.float64()),
+        ("padded_silence_seconds", pa.float64()),
+        ("image_count", pa.int64()),
+        ("input_text_tokens", pa.int64()),
+        ("input_audio_tokens", pa.int64()),
+        ("input_image_tokens", pa.int64()),
+        ("output_text_tokens", pa.int64()),
+        ("output_audio_tokens", pa.int64()),
+        ("total_tokens", pa.int64()),
+        ("cost", pa.float64()),
+        ("currency", pa.string()),
+        ("price_known", pa.bool_()),
+        ("problem", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class RowEstimate:
+    """The estimate of one manifest row; ``tokens`` is None when the row has a problem."""
+
+    id: str
+    row: int
+    model: str
+    modalities: tuple[str, ...]
+    audio_seconds: float = 0.0
+    padded_silence_seconds: float = 0.0
+    image_count: int = 0
+    tokens: TokenEstimate | None = None
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A row that could not be estimated, and why."""
+
+    row: int
+    id: str
+    message: str
+
+
+@dataclass
+class ModelTotals:
+    """Aggregates of one model: items, tokens and cost by modality (cost None when the price is unknown)."""
+
+    model: str
+    price: ModelPrice | None
+    items: int = 0
+    audio_seconds: float = 0.0
+    images: int = 0
+    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MODALITIES, 0))
+    costs: dict[str, float] = field(default_factory=lambda: dict.fromkeys(MODALITIES, 0.0))
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.tokens.values())
+
+    @property
+    def cost(self) -> float | None:
+        return None if self.price is None else sum(self.costs.values())
+
+
+@dataclass
+class EstimateReport:
+    """What a dry run found: aggregates by model and modality, problems, and where the rows went."""
+
+    manifest: Path
+    region: str
+    currency: str
+    price_source: str
+    price_as_of: str
+    output: OutputAssumption
+    items: int = 0
+    problem_count: int = 0
+    problems: list[Problem] = field(default_factory=list)  # the first MAX_PROBLEMS_KEPT
+    by_model: dict[str, ModelTotals] = field(default_factory=dict)
+    parquet: Path | None = None
+    elapsed_seconds: float = 0.0
+    text_tokens_exact: bool = True
+
+    @property
+    def estimated_items(self) -> int:
+        return self.items - self.problem_count
+
+    @property
+    def tokens(self) -> dict[str, int]:
+        """Tokens by modality over all models."""
+        return {m: sum(t.tokens[m] for t in self.by_model.values()) for m in MODALITIES}
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.tokens.values())
+
+    @property
+    def known_cost(self) -> float:
+        """The cost of the items whose model has a known price."""
+        return sum(t.cost or 0.0 for t in self.by_model.values())
+
+    @property
+    def unpriced_items(self) -> int:
+        return sum(t.items for t in self.by_model.values() if t.price is None)
+
+    @property
+    def total_cost(self) -> float | None:
+        """The whole cost, or None when some items' model has no known price."""
+        return None if self.unpriced_items else self.known_cost
+
+
+@dataclass(frozen=True)
+class _Settings:
+    default_model: str
+    modalities: tuple[str, ...]
+    instructions: str | None
+    output: OutputAssumption
+    pad_silence_seconds: float
+    video_fps: float
+    max_video_frames: int
+
+
+def estimate_item(
+    item: Item,
+    *,
+    default_model: str,
+    modalities: tuple[str, ...],
+    instructions: str | None,
+    output: OutputAssumption,
+    pad_silence_seconds: float,
+    video_fps: float = 1.0,
+    max_video_frames: int = DEFAULT_MAX_VIDEO_FRAMES,
+) -> RowEstimate:
+    """Estimate one item from its media's metadata; a local problem becomes the row's ``problem``."""
+    settings = _Settings(
+        default_model, modalities, instructions, output, pad_silence_seconds, video_fps, max_video_frames
+    )
+    return _estimate_item(item, settings)
+
+
+def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
+    model_name = item.model or s.default_model
+    modalities = item.modalities or s.modalities
+    try:
+        model = get_model(model_name)
+        model_name = model.name
+        modalities = validate_modalities(modalities)
+        validate_voice(model, item.voice)
+        validate_item(item)
+        audio_seconds = probe_audio_seconds(item.audio) if item.audio is not None else 0.0
+        sizes: list[tuple[int, int]] = []
+        if item.video is not None:
+            video = probe_video(item.video, fps=s.video_fps, max_frames=s.max_video_frames)
+            sizes.extend([video.frame_size] * len(video.frame_times))
+            if item.audio is None:  # an audio file, when given, is the sound; the video gives frames only
+                audio_seconds = video.audio_seconds
+        padded = 0.0
+        if audio_seconds <= 0 and s.pad_silence_seconds > 0:
+            padded = audio_seconds = s.pad_silence_seconds
+        sizes.extend(fit_image_size(*probe_image_size(path)) for path in item.images)
+        tokens = estimate_tokens(
+            model,
+            audio_seconds=audio_seconds,
+            image_sizes=sizes,
+            texts=(item.instructions or s.instructions, item.prompt),
+            modalities=modalities,
+            output=s.output,
+        )
+    except (BatchQwenError, OSError, ValueError) as exc:
+        # media libraries raise OSError/ValueError subclasses of their own; one bad row never stops the run
+        return RowEstimate(item.id, item.row, model_name, tuple(modalities), problem=_problem_text(exc))
+    return RowEstimate(
+        id=item.id,
+        row=item.row,
+        model=model_name,
+        modalities=modalities,
+        audio_seconds=audio_seconds,
+        padded_silence_seconds=padded,
+        image_count=len(sizes),
+        tokens=tokens,
+    )
+
+
+def _problem_text(exc: BaseException) -> str:
+    kind = exc.kind if isinstance(exc, BatchQwenError) else type(exc).__name__
+    return f"{kind}: {exc}"
+
+
+class _RowWriter:
+    """Rows to Parquet in batches, written to a temporary name and moved into place when complete."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(path.name + ".tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = pq.ParquetWriter(self.tmp, ESTIMATE_SCHEMA)
+        self.columns: dict[str, list[Any]] = {name: [] for name in ESTIMATE_SCHEMA.names}
+
+    def add(self, values: dict[str, Any]) -> None:
+        for name, column in self.columns.items():
+            column.append(values[name])
+        if len(self.columns["id"]) >= WRITE_BATCH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.columns["id"]:
+            self.writer.write_table(pa.table(self.columns, schema=ESTIMATE_SCHEMA))
+            self.columns = {name: [] for name in ESTIMATE_SCHEMA.names}
+
+    def finish(self) -> None:
+        self.flush()
+        self.writer.close()
+        os.replace(self.tmp, self.path)
+
+    def abandon(self) -> None:
+        self.writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def estimate_manifest(
+    path: Path,
+    *,
+    default_model: str,
+    region: str,
+    prices: PriceBook,
+    output: OutputAssumption,
+    modalities: tuple[str, ...],
+    instructions: str | None,
+    limit: int | None,
+    pad_silence_seconds: float,
+    workers: int = DEFAULT_WORKERS,
+    out_dir: Path | None = None,
+    video_fps: float = 1.0,
+    max_video_frames: int = DEFAULT_MAX_VIDEO_FRAMES,
+) -> EstimateReport:
+    """Estimate tokens and cost of every row of the manifest at ``path``; no network access at all.
+
+    Rows go to ``out_dir/estimate.parquet`` (when ``out_dir`` is given) in manifest order; the report keeps
+    aggregates only. Raises ManifestError when the manifest as a whole is unusable; row problems are
+    listed in the report instead. At most ``workers * 4`` items are in flight at once.
+    """
+    started = time.perf_counter()
+    region = normalize_region(region)
+    report = EstimateReport(
+        manifest=Path(path),
+        region=region,
+        currency=prices.currency,
+        price_source=prices.source,
+        price_as_of=prices.as_of,
+        output=output,
+        text_tokens_exact=text_tokens_exact(),
+    )
+    settings = _Settings(
+        default_model, modalities, instructions, output, pad_silence_seconds, video_fps, max_video_frames
+    )
+    writer = _RowWriter(out_dir / ESTIMATE_FILE) if out_dir is not None else None
+    max_in_flight = max(1, workers) * 4
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="estimate") as pool:
+            pending: deque[Future[RowEstimate]] = deque()
+            try:
+                for item in iter_items(Path(path), limit=limit):
+                    pending.append(pool.submit(_estimate_item, item, settings))
+                    if len(pending) >= max_in_flight:
+                        _record(report, prices, writer, pending.popleft().result())
+                while pending:
+                    _record(report, prices, writer, pending.popleft().result())
+            finally:
+                for future in pending:  # a manifest error mid-way: do not probe the rest
+                    future.cancel()
+    except BaseException:
+        if writer is not None:
+            writer.abandon()
+        raise
+    if writer is not None:
+        writer.finish()
+        report.parquet = writer.path
+    report.elapsed_seconds = time.perf_counter() - started
+    return report
+
+
+def _record(report: EstimateReport, prices: PriceBook, writer: _RowWriter | None, row: RowEstimate) -> None:
+    """Fold one row into the aggregates and hand it to the writer."""
+    report.items += 1
+    tokens = row.tokens
+    price: ModelPrice | None = None
+    cost: float | None = None
+    if tokens is None:
+        report.problem_count += 1
+        if len(report.problems) < MAX_PROBLEMS_KEPT:
+            report.problems.append(Problem(row.row, row.id, row.problem or "unknown problem"))
+    else:
+        totals = report.by_model.get(row.model)
+        if totals is None:
+            totals = report.by_model[row.model] = ModelTotals(
+                row.model, prices.lookup(row.model, report.region)
+            )
+        price = totals.price
+        totals.items += 1
+        totals.audio_seconds += row.audio_seconds
+        totals.images += row.image_count
+        for name, count in tokens.as_dict().items():
+            totals.tokens[name] += count
+        if price is not None:
+            costs = cost_breakdown(
+                price,
+                **tokens.as_dict(),
+                text_only_input=tokens.text_only_input,
+                audio_output="audio" in row.modalities,
+            )
+            for name, money in costs.items():
+                totals.costs[name] += money
+            cost = sum(costs.values())
+    if writer is None:
+        return
+    writer.add(
+        {
+            "id": row.id,
+            "row": row.row,
+            "model": row.model,
+            "modalities": ",".join(row.modalities),
+            "audio_seconds": row.audio_seconds if tokens else None,
+            "padded_silence_seconds": row.padded_silence_seconds if tokens else None,
+            "image_count": row.image_count if tokens else None,
+            "input_text_tokens": tokens.input_text if tokens else None,
+            "input_audio_tokens": tokens.input_audio if tokens else None,
+            "input_image_tokens": tokens.input_image if tokens else None,
+            "output_text_tokens": tokens.output_text if tokens else None,
+            "output_audio_tokens": tokens.output_audio if tokens else None,
+            "total_tokens": tokens.total if tokens else None,
+            "cost": cost,
+            "currency": report.currency,
+            "price_known": price is not None,
+            "problem": row.problem,
+        }
+    )
+
+
+# ----------------------------------------------------------------------------- the readable report
+
+_LABELS = {
+    "input_text": "input text",
+    "input_audio": "input audio",
+    "input_image": "input image",
+    "output_text": "output text",
+    "output_audio": "output audio",
+}
+
+
+def _money(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:,.4f}"
+
+
+def _table(rows: Iterable[tuple[str, ...]]) -> list[str]:
+    rows = list(rows)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for r in rows:
+        cells = [
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(r, widths, strict=True))
+        ]
+        out.append("  " + "  ".join(cells))
+    return out
+
+
+def format_report(report: EstimateReport) -> str:
+    """A readable table by model and modality with totals, currency, the output assumption and problems."""
+    cur = report.currency
+    lines = [
+        f"Estimate of {report.manifest.name}: {report.items:,} items, {report.estimated_items:,} estimated, "
+        f"{report.problem_count:,} with problems (region {report.region})",
+        f"Prices: {report.price_source}, as of {report.price_as_of}, {cur} per 1M tokens",
+        report.output.describe().capitalize(),
+    ]
+    if not report.text_tokens_exact:
+        lines.append("Text tokens are approximate (the Qwen vocabulary was not found: 1 token per 3 bytes)")
+    for name in sorted(report.by_model):
+        totals = report.by_model[name]
+        priced = totals.price is not None
+        note = "" if priced else "  ** no known price: cost unknown, not zero **"
+        lines += ["", f"{name}: {totals.items:,} items, {totals.audio_seconds:,.1f} s audio, "
+                  f"{totals.images:,} images{note}"]  # fmt: skip
+        rows = [("modality", "tokens", f"cost {cur}")]
+        for m in MODALITIES:
+            rows.append((_LABELS[m], f"{totals.tokens[m]:,}", _money(totals.costs[m] if priced else None)))
+        rows.append(("total", f"{totals.total_tokens:,}", _money(totals.cost)))
+        lines += _table(rows)
+    lines += ["", "All models:"]
+    all_rows = [("modality", "tokens")] + [(_LABELS[m], f"{report.tokens[m]:,}") for m in MODALITIES]
+    all_rows.append(("total", f"{report.total_tokens:,}"))
+    lines += _table(all_rows)
+    if report.total_cost is not None:
+        lines.append(f"Estimated cost: {report.total_cost:,.4f} {cur}")
+    else:
+        unpriced = sorted(n for n, t in report.by_model.items() if t.price is None)
+        lines.append(
+            f"Estimated cost: {report.known_cost:,.4f} {cur} for the priced items, plus UNKNOWN for "
+            f"{report.unpriced_items:,} items of {', '.join(unpriced)} (no known price)"
+        )
+    lines.append(
+        "Output text in text+audio mode is the transcript: not billed (output billed on audio tokens)."
+    )
+    if report.problem_count:
+        lines += ["", f"Problems ({report.problem_count:,} rows, left out of the totals):"]
+        lines += [f"  row {p.row} (id {p.id}): {p.message}" for p in report.problems]
+        if report.problem_count > len(report.problems):
+            more = report.problem_count - len(report.problems)
+            where = f" (all in {report.parquet}, column 'problem')" if report.parquet else ""
+            lines.append(f"  ... and {more:,} more{where}")
+    if report.parquet is not None:
+        lines += ["", f"Rows: {report.parquet}"]
+    return "\n".join(lines)
