@@ -86,10 +86,11 @@ def write_audio(
 
 def _drawing(width: int, height: int, *, seed: int = 0) -> Image.Image:
     """An RGB picture with a gradient and a few shapes (compresses like a simple photo)."""
-    x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
-    y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
-    rgb = np.stack([x + 0 * y, y + 0 * x, (x + y) / 2], axis=-1).astype(np.uint8)
-    image = Image.fromarray(rgb, mode="RGB")
+    vertical = Image.linear_gradient("L").resize((width, height), Image.Resampling.BILINEAR)
+    horizontal = Image.linear_gradient("L").transpose(Image.Transpose.ROTATE_90)
+    horizontal = horizontal.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((width, height))
+    diagonal = Image.blend(horizontal, vertical, 0.5)
+    image = Image.merge("RGB", (horizontal, vertical, diagonal))
     draw = ImageDraw.Draw(image)
     rng = np.random.default_rng(seed)
     for _ in range(4):
