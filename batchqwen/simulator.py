@@ -187,9 +187,7 @@ class Simulator:
             return self._refuse(connection, 401, "Invalid API-key provided.")
         fault = query["sim_fault"][0] if query.get("sim_fault") else _key_fault(key)
         if fault is not None and fault not in FAULT_KINDS:
-            return self._refuse(
-                connection, 400, f"Unknown sim_fault {fault!r}; one of {', '.join(FAULT_KINDS)}"
-            )
+            return self._refuse(connection, 400, f"Unknown sim_fault {fault!r}; one of {', '.join(FAULT_KINDS)}")
 
         now = time.monotonic()
         throttle_code = None
@@ -278,9 +276,7 @@ class _Connection:
         while not self.ended:
             left = lifetime_end - time.monotonic()
             try:
-                frame = await asyncio.wait_for(
-                    self.ws.recv(), min(config.idle_timeout_seconds, max(left, 0.0))
-                )
+                frame = await asyncio.wait_for(self.ws.recv(), min(config.idle_timeout_seconds, max(left, 0.0)))
             except TimeoutError:
                 lifetime = time.monotonic() >= lifetime_end
                 await self._cut("session_lifetime" if lifetime else "idle_timeout")
@@ -380,7 +376,7 @@ class _Connection:
 
     async def _inject(self, fault: str) -> None:
         self.sim.stats.count_fault(fault)
-        self.ended = True
+        self.ended = fault != "hang"  # a hung server keeps reading until the client gives up
         if fault == "disconnect":
             self.ws.transport.abort()  # no close frame: the client sees an abnormal closure (1006)
         elif fault == "server_error":
@@ -409,9 +405,7 @@ def _key_fault(key: str) -> str | None:
     if not key.startswith("fault-"):
         return None
     rest = key.removeprefix("fault-")
-    return next(
-        (kind for kind in FAULT_KINDS if rest == kind or rest.startswith(kind + "-")), rest.split("-")[0]
-    )
+    return next((kind for kind in FAULT_KINDS if rest == kind or rest.startswith(kind + "-")), rest.split("-")[0])
 
 
 # ----------------------------------------------------------------------------- runners
@@ -426,9 +420,7 @@ class SimulatorThread:
     def __init__(self, config: SimulatorConfig | None = None, *, host: str = "127.0.0.1", port: int = 0):
         self.simulator = Simulator(config, host=host, port=port)
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="batchqwen-simulator", daemon=True
-        )
+        self._thread = threading.Thread(target=self._loop.run_forever, name="batchqwen-simulator", daemon=True)
 
     @property
     def url(self) -> str:
