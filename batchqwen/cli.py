@@ -101,23 +101,48 @@ _manifest_arg = click.argument("manifest", type=click.Path(path_type=Path, dir_o
 
 def _shared_options(func: Any) -> Any:
     options = [
-        click.option("--out", "-o", type=click.Path(path_type=Path, file_okay=False), default=None,
-                     help="Output folder (default: out/<manifest name>)."),
+        click.option(
+            "--out",
+            "-o",
+            type=click.Path(path_type=Path, file_okay=False),
+            default=None,
+            help="Output folder (default: out/<manifest name>).",
+        ),
         click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Default model for rows without one."),
         click.option("--voice", default=None, help="Default voice (default: the model's)."),
         click.option("--modalities", default="text,audio", show_default=True, help="'text' or 'text,audio'."),
         click.option("--instructions", default=None, help="Default instructions for rows without their own."),
         click.option("--region", default=DEFAULT_REGION, show_default=True, help="cn-beijing or ap-southeast-1."),
-        click.option("--prices", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
-                     help="A prices TOML that extends/replaces the shipped one."),
+        click.option(
+            "--prices",
+            type=click.Path(path_type=Path, dir_okay=False, exists=True),
+            default=None,
+            help="A prices TOML that extends/replaces the shipped one.",
+        ),
         click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N items."),
-        click.option("--output-seconds", type=click.FloatRange(min=0), default=8.0, show_default=True,
-                     help="Estimate assumption: seconds of spoken answer per item."),
-        click.option("--pad-silence", "pad_silence", type=click.FloatRange(min=0), default=1.0, show_default=True,
-                     help="Seconds of silence sent for items with no audio."),
-        click.option("--video-fps", type=click.FloatRange(min=0.01, max=30), default=1.0, show_default=True,
-                     help="Frames per second taken from videos."),
-    ]  # fmt: skip
+        click.option(
+            "--output-seconds",
+            type=click.FloatRange(min=0),
+            default=8.0,
+            show_default=True,
+            help="Estimate assumption: seconds of spoken answer per item.",
+        ),
+        click.option(
+            "--pad-silence",
+            "pad_silence",
+            type=click.FloatRange(min=0),
+            default=1.0,
+            show_default=True,
+            help="Seconds of silence sent for items with no audio.",
+        ),
+        click.option(
+            "--video-fps",
+            type=click.FloatRange(min=0.01, max=30),
+            default=1.0,
+            show_default=True,
+            help="Frames per second taken from videos.",
+        ),
+    ]
     for option in reversed(options):
         func = option(func)
     return func
@@ -130,27 +155,48 @@ def _default_out(manifest: Path) -> Path:
 @main.command()
 @_manifest_arg
 @_shared_options
-@click.option("--concurrency", "-c", type=click.IntRange(1, 1024), default=8, show_default=True,
-              help="Sessions open at once.")  # fmt: skip
+@click.option(
+    "--concurrency", "-c", type=click.IntRange(1, 1024), default=8, show_default=True, help="Sessions open at once."
+)
 @click.option("--rpm", type=click.IntRange(min=1), default=None, help="Sessions started per minute (default: model's).")
 @click.option("--tpm", type=click.IntRange(min=1), default=None, help="Tokens per minute (default: model's).")
 @click.option("--max-attempts", type=click.IntRange(1, 20), default=4, show_default=True)
 @click.option("--max-cost", type=click.FloatRange(min=0), default=None, help="Budget cap in the price currency.")
 @click.option("--base-url", default=None, help="WebSocket URL of the service (overrides --region).")
-@click.option("--api-key", default=None, envvar="DASHSCOPE_API_KEY", show_envvar=True, show_default=False,
-              help="API key (default: $DASHSCOPE_API_KEY). Never logged.")  # fmt: skip
+@click.option(
+    "--api-key",
+    default=None,
+    envvar="DASHSCOPE_API_KEY",
+    show_envvar=True,
+    show_default=False,
+    help="API key (default: $DASHSCOPE_API_KEY). Never logged.",
+)
 @click.option("--workspace", default=None, help="X-DashScope-WorkSpace header.")
 @click.option("--simulate", is_flag=True, help="Run against the built-in simulator, started in-process.")
 @click.option("--dry-run", is_flag=True, help="Estimate tokens and cost offline; open no connection.")
-@click.option("--log-events", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Write every raw event as JSON lines (payloads elided, key redacted).")  # fmt: skip
+@click.option(
+    "--log-events",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write every raw event as JSON lines (payloads elided, key redacted).",
+)
 @click.option("--no-transcription", is_flag=True, help="Do not ask for the input transcript.")
-@click.option("--pace", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Audio streaming speed: 0 as fast as possible, 1 real time.")  # fmt: skip
+@click.option(
+    "--pace",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Audio streaming speed: 0 as fast as possible, 1 real time.",
+)
 @click.option("--item-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True)
 @click.option("--wait-lock", is_flag=True, help="Wait for another run on the same --out instead of exiting.")
-@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Seconds in-flight items may finish after SIGINT/SIGTERM.")  # fmt: skip
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds in-flight items may finish after SIGINT/SIGTERM.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and the final summary line.")
 @click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), default=None)
 def run(manifest: Path, out: Path | None, **options: Any) -> None:
@@ -162,8 +208,11 @@ def run(manifest: Path, out: Path | None, **options: Any) -> None:
     api_key = options["api_key"]
     _setup_logging(quiet=options["quiet"], log_file=options["log_file"], secrets=[api_key] if api_key else [])
     if not api_key and not options["simulate"]:
-        _fail("no API key: set DASHSCOPE_API_KEY (or pass --api-key), or use --simulate to run against the "
-              "built-in simulator, or --dry-run to estimate the cost offline", EXIT_USAGE)  # fmt: skip
+        _fail(
+            "no API key: set DASHSCOPE_API_KEY (or pass --api-key), or use --simulate to run against the "
+            "built-in simulator, or --dry-run to estimate the cost offline",
+            EXIT_USAGE,
+        )
     modalities = _modalities(options["modalities"])
     assert modalities is not None
     config = _call(
@@ -203,7 +252,7 @@ def run(manifest: Path, out: Path | None, **options: Any) -> None:
 
     outcome = _call(asyncio.run, run_batch(config))
     summary = outcome.summary
-    counts = summary.get("status_counts", {})
+    counts = summary.get("by_status", {})
     click.echo(
         f"batchqwen: {outcome.reason}: {summary.get('items_in_manifest', 0)} items;"
         f" ok {counts.get('ok', 0)}, failed {counts.get('failed', 0)},"
@@ -235,10 +284,17 @@ def _estimate(manifest: Path, out: Path, options: dict[str, Any]) -> None:
         prices = cost.load_prices(options["prices"])
         output = cost.OutputAssumption(output_seconds_per_item=options["output_seconds"])
         return estimate_manifest(
-            manifest, default_model=options["model"], region=_check_region(options["region"]), prices=prices,
-            output=output, modalities=modalities, instructions=options["instructions"], limit=options["limit"],
-            pad_silence_seconds=options["pad_silence"], out_dir=out,
-        )  # fmt: skip
+            manifest,
+            default_model=options["model"],
+            region=_check_region(options["region"]),
+            prices=prices,
+            output=output,
+            modalities=modalities,
+            instructions=options["instructions"],
+            limit=options["limit"],
+            pad_silence_seconds=options["pad_silence"],
+            out_dir=out,
+        )
 
     report = _call(work)
     click.echo(format_report(report))
@@ -263,20 +319,27 @@ def models(prices: Path | None) -> None:
     click.echo(f"prices: {book.currency} per 1M tokens; source: {book.source}; as of {book.as_of}")
     for model in REGISTRY.values():
         caps = ["text input" if model.text_input else "prompt as instructions", "tools" if model.tools else "no tools"]
-        rules = (f"audio {model.audio_tokens_per_second:g} tok/s (min {model.min_audio_seconds:g} s), image 1 tok per"
-                 f" {model.image_block_px}x{model.image_block_px} px ({model.image_min_tokens}-{model.image_max_tokens})")
-        click.echo(f"\n{model.name}  [{', '.join(caps)}]{'' if model.token_rules_confirmed else '  (token rules unconfirmed)'}")
-        click.echo(f"  {rules}; limits: {model.default_rpm} RPM, {model.default_tpm} TPM; output {model.output_sample_rate} Hz")
+        rules = (
+            f"audio {model.audio_tokens_per_second:g} tok/s (min {model.min_audio_seconds:g} s), image 1 tok per"
+            f" {model.image_block_px}x{model.image_block_px} px ({model.image_min_tokens}-{model.image_max_tokens})"
+        )
+        click.echo(
+            f"\n{model.name}  [{', '.join(caps)}]{'' if model.token_rules_confirmed else '  (token rules unconfirmed)'}"
+        )
+        click.echo(
+            f"  {rules}; limits: {model.default_rpm} RPM, {model.default_tpm} TPM; output {model.output_sample_rate} Hz"
+        )
         click.echo(f"  voices: {', '.join(model.voices)} (default {model.default_voice})")
         for region in REGION_URLS:
             price = book.lookup(model.name, region)
             if price is None:
                 click.echo(f"  {region}: no known price")
             else:
-                click.echo(f"  {region}: in text {price.input_text:g}, audio {price.input_audio:g}, image "
-                           f"{price.input_image:g}; out text {price.output_text_textonly:g} (text-only input) / "
-                           f"{price.output_text_multimodal:g} (multimodal), text+audio {price.output_text_audio:g}")
-    # fmt: skip
+                click.echo(
+                    f"  {region}: in text {price.input_text:g}, audio {price.input_audio:g}, image "
+                    f"{price.input_image:g}; out text {price.output_text_textonly:g} (text-only input) / "
+                    f"{price.output_text_multimodal:g} (multimodal), text+audio {price.output_text_audio:g}"
+                )
 
 
 @main.command()

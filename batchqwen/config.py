@@ -11,8 +11,12 @@ REGION_URLS: dict[str, str] = {
     "cn-beijing": "wss://dashscope.aliyuncs.com/api-ws/v1/realtime",
     "ap-southeast-1": "wss://dashscope-intl.aliyuncs.com/api-ws/v1/realtime",
 }
-REGION_ALIASES: dict[str, str] = {"beijing": "cn-beijing", "cn": "cn-beijing", "intl": "ap-southeast-1",
-                                  "singapore": "ap-southeast-1"}  # fmt: skip
+REGION_ALIASES: dict[str, str] = {
+    "beijing": "cn-beijing",
+    "cn": "cn-beijing",
+    "intl": "ap-southeast-1",
+    "singapore": "ap-southeast-1",
+}
 DEFAULT_REGION = "cn-beijing"
 
 

@@ -71,7 +71,11 @@ def build_report(out_dir: Path) -> RunReport:
 
 def format_report(report: RunReport) -> str:
     status = ", ".join(f"{k} {v}" for k, v in sorted(report.status_counts.items()))
-    rows = [f"{report.items} items: {status}", "", f"{'tokens (ok items)':<18}{'estimated':>12}{'reported':>12}{'error':>9}"]
+    rows = [
+        f"{report.items} items: {status}",
+        "",
+        f"{'tokens (ok items)':<18}{'estimated':>12}{'reported':>12}{'error':>9}",
+    ]
     for line in report.lines:
         error = "-" if line.error is None else f"{line.error:+.1%}"
         rows.append(f"{line.modality:<18}{line.estimated:>12,}{line.reported:>12,}{error:>9}")
@@ -82,8 +86,11 @@ def format_report(report: RunReport) -> str:
         "",
         f"input estimate {verdict} ({est_in:,} estimated, {rep_in:,} reported)",
         f"cost: estimated {report.estimated_cost:.4f}, actual {report.actual_cost:.4f} {report.currency}"
-        + (f" (estimate error {(report.estimated_cost - report.actual_cost) / report.actual_cost:+.1%})"
-           if report.actual_cost else ""),
+        + (
+            f" (estimate error {(report.estimated_cost - report.actual_cost) / report.actual_cost:+.1%})"
+            if report.actual_cost
+            else ""
+        ),
         "actual cost basis: " + ", ".join(f"{k} {v}" for k, v in sorted(report.cost_bases.items())),
-    ]  # fmt: skip
+    ]
     return "\n".join(rows)

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from batchqwen import cost, manifest, media, results
-from batchqwen.client import ClientSettings, redact_event, run_turn
+from batchqwen.client import ClientSettings, run_turn
 from batchqwen.config import RunConfig
 from batchqwen.errors import BatchQwenError, BudgetExceeded, ItemError, UsageError
-from batchqwen.items import Item, PreparedInput, TurnRequest, TurnResult
+from batchqwen.items import Item, PreparedInput, TurnRequest
 from batchqwen.limiter import Limiter
 from batchqwen.lock import RunLock
 from batchqwen.models import ModelInfo, get_model, validate_modalities, validate_voice
@@ -112,18 +112,8 @@ def estimate_for(plan: ItemPlan, prepared: PreparedInput, ctx: ItemContext) -> t
     return estimate, money
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def _error_fields(exc: BaseException, secrets: list[str]) -> dict[str, Any]:
-    code = getattr(exc, "code", "") or (str(getattr(exc, "status", "")) if hasattr(exc, "status") else "")
-    kind = exc.kind if isinstance(exc, BatchQwenError) else type(exc).__name__
-    return {
-        "error_type": kind,
-        "error_code": code or None,
-        "error_message": results.redact(str(exc) or type(exc).__name__, secrets),
-    }
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 async def process_item(
@@ -132,7 +122,7 @@ async def process_item(
     limiter: Limiter,
     *,
     event_log: Callable[[str, str, dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
+) -> results.ResultRow:
     """Prepare, stream and collect one item; return its result row.
 
     Item-level problems (bad media, a permanent server refusal, retries exhausted) become a failed row.
@@ -141,35 +131,33 @@ async def process_item(
     config = ctx.config
     secrets = [config.api_key] if config.api_key else []
     started = _now()
-    row: dict[str, Any] = {
-        "id": item.id,
-        "row": item.row,
-        "content_hash": item.content_hash,
-        "started_at": started,
-        "attempts": 0,
-        **{key: None if value is None else str(value) for key, value in item.passthrough.items()},
-    }
     try:
         manifest.validate_item(item)
         plan = plan_item(item, config)
-        row.update(model=plan.model.name, voice=plan.voice, modalities=",".join(plan.modalities))
+    except (ItemError, UsageError) as exc:
+        return results.failed_row(item, exc, attempts=0, secrets=secrets, started_at=started, finished_at=_now())
+    chosen = {"model": plan.model.name, "voice": plan.voice, "modalities": ",".join(plan.modalities)}
+    try:
         prepared = await asyncio.to_thread(
             media.prepare_item, item, video_fps=config.video_fps, pad_silence_seconds=plan.pad_silence_seconds
         )
-    except (ItemError, UsageError) as exc:
-        row.update(status="failed", finished_at=_now(), **_error_fields(exc, secrets))
-        return row
+    except ItemError as exc:
+        return results.failed_row(
+            item, exc, attempts=0, secrets=secrets, started_at=started, finished_at=_now(), **chosen
+        )
 
     estimate, est_cost = estimate_for(plan, prepared, ctx)
     price = ctx.prices.lookup(plan.model.name, config.resolved_region)
-    row.update(
-        input_audio_seconds=round(prepared.audio_seconds, 3),
-        padded_silence_seconds=prepared.padded_silence_seconds,
-        image_count=len(prepared.images),
+    known: dict[str, Any] = {
+        **chosen,
+        "started_at": started,
+        "input_audio_seconds": round(prepared.audio_seconds, 3),
+        "padded_silence_seconds": prepared.padded_silence_seconds,
+        "image_count": len(prepared.images),
         **{f"est_{name}_tokens": value for name, value in estimate.as_dict().items()},
-        est_cost=est_cost,
-        currency=ctx.prices.currency,
-    )
+        "est_cost": est_cost,
+        "currency": ctx.prices.currency,
+    }
     request = TurnRequest(
         model=plan.model,
         voice=plan.voice,
@@ -184,77 +172,61 @@ async def process_item(
         settings = replace(settings, event_log=lambda direction, event: event_log(item.id, direction, event))
 
     delays = backoff_delays()
-    failed_tokens = 0
-    result: TurnResult | None = None
+    attempts = 0
     while True:
         reservation = await limiter.acquire(tokens=estimate.total, cost=est_cost or 0.0)
-        row["attempts"] += 1
+        attempts += 1
         try:
-            result = await asyncio.wait_for(run_turn(request, settings), timeout=config.item_timeout)
-        except (BatchQwenError, TimeoutError) as exc:
+            result = await run_turn(request, settings)
+        except BatchQwenError as exc:
             limiter.release(reservation, tokens=None, cost=0.0)
             kind = classify(exc)
             if kind == "fatal":
                 raise FatalRunError(exc) from exc
-            if kind == "retryable" and row["attempts"] < config.max_attempts:
+            if kind == "retryable" and attempts < config.max_attempts:
                 delay = next(delays)
                 if is_throttling(exc):
                     limiter.cool_down(delay)
-                log.info("item %s attempt %d failed (%s); retrying in %.1f s", item.id, row["attempts"], exc, delay)
+                log.info("item %s: attempt %d failed (%s); retrying in %.1f s", item.id, attempts, exc, delay)
                 await asyncio.sleep(delay)
                 continue
-            row.update(status="failed", finished_at=_now(), failed_attempt_tokens=failed_tokens or None,
-                       **_error_fields(exc, secrets))  # fmt: skip
-            return row
+            return results.failed_row(item, exc, attempts=attempts, secrets=secrets, finished_at=_now(), **known)
         break
 
+    row = results.ResultRow.from_item(item, results.STATUS_OK, attempts=attempts, **known)
     usage = result.usage
-    actual_cost: float | None = None
-    basis: str | None = None
     if usage is not None:
-        tokens, basis = cost.usage_tokens(usage, estimate=estimate, modalities=plan.modalities)
+        tokens, row.cost_basis = cost.usage_tokens(usage, estimate=estimate, modalities=plan.modalities)
         if price is not None:
-            actual_cost, basis = cost.cost_of_usage(price, usage, estimate=estimate, modalities=plan.modalities)
-        row.update(
-            usage_input_text_tokens=tokens.input_text,
-            usage_input_audio_tokens=tokens.input_audio,
-            usage_input_image_tokens=tokens.input_image,
-            usage_output_text_tokens=tokens.output_text,
-            usage_output_audio_tokens=tokens.output_audio,
-            usage_input_tokens=usage.input_tokens,
-            usage_output_tokens=usage.output_tokens,
-            usage_total_tokens=usage.total_tokens,
-        )
+            row.cost, row.cost_basis = cost.cost_of_usage(price, usage, estimate=estimate, modalities=plan.modalities)
+        row.usage_input_text_tokens = tokens.input_text
+        row.usage_input_audio_tokens = tokens.input_audio
+        row.usage_input_image_tokens = tokens.input_image
+        row.usage_output_text_tokens = tokens.output_text
+        row.usage_output_audio_tokens = tokens.output_audio
+        row.usage_input_tokens = usage.input_tokens
+        row.usage_output_tokens = usage.output_tokens
+        row.usage_total_tokens = usage.total_tokens
     elif est_cost is not None:
-        actual_cost, basis = est_cost, "estimate"
-    limiter.release(reservation, tokens=usage.total_tokens if usage else None, cost=actual_cost or 0.0)
+        row.cost, row.cost_basis = est_cost, "estimate"
+    limiter.release(reservation, tokens=usage.total_tokens if usage else None, cost=row.cost or 0.0)
 
-    wav_rel: str | None = None
-    out_seconds = 0.0
     if result.output_pcm:
         wav_path = results.wav_path(ctx.out_dir, item.id)
         wav = media.pcm_to_wav(result.output_pcm, plan.model.output_sample_rate)
         await asyncio.to_thread(results.write_wav_atomic, wav_path, wav)
-        wav_rel = wav_path.relative_to(ctx.out_dir).as_posix()
-        out_seconds = len(result.output_pcm) / (2 * plan.model.output_sample_rate)
-    row.update(
-        status="ok",
-        finished_at=_now(),
-        input_transcript=result.input_transcript,
-        output_text=result.output_text,
-        output_transcript=result.output_transcript,
-        output_wav=wav_rel,
-        output_audio_seconds=round(out_seconds, 3),
-        cost=actual_cost,
-        cost_basis=basis,
-        failed_attempt_tokens=failed_tokens or None,
-        session_id=result.session_id,
-        response_ids=",".join(result.response_ids),
-        connect_seconds=result.connect_seconds,
-        first_text_seconds=result.first_text_seconds,
-        first_audio_seconds=result.first_audio_seconds,
-        total_seconds=result.total_seconds,
-    )
+        row.output_wav = results.relative_to_out(ctx.out_dir, wav_path)
+        row.output_audio_seconds = round(len(result.output_pcm) / (2 * plan.model.output_sample_rate), 3)
+    row.input_transcript = result.input_transcript
+    row.output_text = result.output_text
+    row.output_transcript = result.output_transcript
+    row.session_id = result.session_id
+    row.response_ids = list(result.response_ids)
+    row.connect_seconds = result.connect_seconds
+    row.first_text_seconds = result.first_text_seconds
+    row.first_audio_seconds = result.first_audio_seconds
+    row.total_seconds = result.total_seconds
+    row.finished_at = _now()
     return row
 
 
@@ -269,8 +241,10 @@ class EventLog:
         self._secrets = secrets
 
     def __call__(self, item_id: str, direction: str, event: dict[str, Any]) -> None:
-        line = json.dumps({"t": round(time.time(), 3), "item": item_id, "dir": direction, "event": redact_event(event)},
-                          ensure_ascii=False)  # fmt: skip
+        # the client hands over events already redacted (payloads elided)
+        line = json.dumps(
+            {"t": round(time.time(), 3), "item": item_id, "dir": direction, "event": event}, ensure_ascii=False
+        )
         self._file.write(results.redact(line, self._secrets) + "\n")
 
     def close(self) -> None:
@@ -303,8 +277,14 @@ class Progress:
         self.tokens += int(row.get("usage_total_tokens") or 0)
         self.cost += float(row.get("cost") or 0.0)
         if self._bar is not None:
-            self._bar.set_postfix(ok=self.done, failed=self.failed, skipped=self.skipped, tokens=self.tokens,
-                                  cost=f"{self.cost:.4f}", refresh=False)  # fmt: skip
+            self._bar.set_postfix(
+                ok=self.done,
+                failed=self.failed,
+                skipped=self.skipped,
+                tokens=self.tokens,
+                cost=f"{self.cost:.4f}",
+                refresh=False,
+            )
             self._bar.update(1)
         elif time.monotonic() - self._last >= self._interval:
             self._last = time.monotonic()
@@ -312,8 +292,10 @@ class Progress:
 
     def line(self) -> str:
         finished = self.done + self.failed + self.skipped
-        return (f"{finished}/{self.total} items (ok {self.done}, failed {self.failed}, skipped {self.skipped});"
-                f" tokens {self.tokens}; cost {self.cost:.4f}")  # fmt: skip
+        return (
+            f"{finished}/{self.total} items (ok {self.done}, failed {self.failed}, skipped {self.skipped});"
+            f" tokens {self.tokens}; cost {self.cost:.4f}"
+        )
 
     def close(self) -> None:
         if self._bar is not None:
@@ -368,13 +350,13 @@ def _pending_items(
     """Skip items already ok with unchanged content; everything else (failed, changed, new) is run."""
     for item in items:
         previous = done_rows.get(item.id)
-        if previous is not None and previous.get("status") == "ok":
-            if previous.get("content_hash") == item.content_hash:
-                counters["skipped"] += 1
-                progress.update(previous, skipped=True)
-                continue
+        if not results.needs_run(item, previous):
+            counters["skipped"] += 1
+            progress.update(dict(previous or {}), skipped=True)
+            continue
+        if previous is not None and previous.get("content_hash") != item.content_hash:
             counters["changed"] += 1
-            log.warning("item %s changed since its last ok result (row %d): running it again", item.id, item.row)
+            log.warning("item %s (row %d) changed since its last result: running it again", item.id, item.row)
         yield item
 
 
@@ -407,15 +389,29 @@ async def _run_locked(config: RunConfig, checked: manifest.ManifestSummary, star
         from batchqwen.estimate import estimate_manifest
 
         report = await asyncio.to_thread(
-            estimate_manifest, config.manifest, default_model=config.model, region=config.resolved_region,
-            prices=prices, output=output, modalities=config.modalities, instructions=config.instructions,
-            limit=config.limit, pad_silence_seconds=config.pad_silence_seconds, out_dir=out,
-            skip_ids={i for i, r in done_rows.items() if r.get("status") == "ok"},
-        )  # fmt: skip
-        if report.total_cost is not None and report.total_cost > config.max_cost:
+            estimate_manifest,
+            config.manifest,
+            default_model=config.model,
+            region=config.resolved_region,
+            prices=prices,
+            output=output,
+            modalities=config.modalities,
+            instructions=config.instructions,
+            limit=config.limit,
+            pad_silence_seconds=config.pad_silence_seconds,
+            out_dir=out,
+            video_fps=config.video_fps,
+        )
+        # items already ok are not run again: take their estimate off the total
+        already = sum(float(r.get("est_cost") or 0.0) for r in done_rows.values() if r.get("status") == "ok")
+        remaining = None if report.total_cost is None else max(0.0, report.total_cost - already)
+        if remaining is None:
+            log.warning("some items' model has no known price: the budget cap only covers priced items")
+            remaining = max(0.0, report.known_cost - already)
+        if remaining > config.max_cost:
             raise BudgetExceeded(
-                f"estimated cost {report.total_cost:.4f} {report.currency} exceeds --max-cost {config.max_cost:g}"
-                f" by {report.total_cost - config.max_cost:.4f}; nothing was started (see {out / 'estimate.parquet'})"
+                f"estimated cost {remaining:.4f} {report.currency} exceeds --max-cost {config.max_cost:g}"
+                f" by {remaining - config.max_cost:.4f}; nothing was started (see {out / 'estimate.parquet'})"
             )
 
     async with _endpoint(config) as (url, api_key):
@@ -428,7 +424,7 @@ async def _run_locked(config: RunConfig, checked: manifest.ManifestSummary, star
             max_cost=config.max_cost,
         )
         items = _pending_items(manifest.iter_items(config.manifest, limit=config.limit), done_rows, progress, counters)
-        in_flight: set[asyncio.Task[dict[str, Any]]] = set()
+        in_flight: set[asyncio.Task[results.ResultRow]] = set()
         stopping = asyncio.Event()
 
         def stop(signum: int) -> None:
@@ -438,8 +434,12 @@ async def _run_locked(config: RunConfig, checked: manifest.ManifestSummary, star
                 return
             exit_signal.append(signum)
             stop_reason.append(f"signal: {signal.Signals(signum).name}")
-            log.warning("%s received: no new items; waiting up to %g s for %d in flight",
-                        signal.Signals(signum).name, config.grace_seconds, len(in_flight))  # fmt: skip
+            log.warning(
+                "%s received: no new items; waiting up to %g s for %d in flight",
+                signal.Signals(signum).name,
+                config.grace_seconds,
+                len(in_flight),
+            )
             stopping.set()
 
         remove_handlers = _install_signal_handlers(stop)
@@ -472,10 +472,11 @@ async def _run_locked(config: RunConfig, checked: manifest.ManifestSummary, star
                     raise
                 finally:
                     in_flight.discard(task)
-                journal.append(row)
-                done_rows[row["id"]] = row
+                record = row.to_record()
+                journal.append(record)
+                done_rows[row.id] = record
                 counters["ran"] += 1
-                progress.update(row)
+                progress.update(record)
 
         workers = [asyncio.create_task(worker()) for _ in range(config.concurrency)]
         try:
