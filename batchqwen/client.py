@@ -10,6 +10,7 @@ exception from :mod:`batchqwen.errors`; the API key never appears in a message o
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import urllib.parse
 from collections.abc import Callable
@@ -19,7 +20,6 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from batchqwen import __version__
 from batchqwen.errors import (
     BatchQwenError,
     ConnectionDropped,
@@ -47,6 +47,11 @@ REGIONS: dict[str, str] = {
     "singapore": INTL_URL,
     "intl": INTL_URL,
 }
+
+try:
+    _USER_AGENT = f"batchqwen/{importlib.metadata.version('batchqwen')}"
+except importlib.metadata.PackageNotFoundError:  # running from a source tree
+    _USER_AGENT = "batchqwen"
 
 EventLog = Callable[[str, dict[str, Any]], None]
 
@@ -123,7 +128,7 @@ async def _open(url: str, settings: ClientSettings) -> ClientConnection:
         return await connect(
             url,
             additional_headers=_headers(settings),
-            user_agent_header=f"batchqwen/{__version__}",
+            user_agent_header=_USER_AGENT,
             compression=None,  # base64 audio barely compresses; deflate would cost CPU per frame
             open_timeout=settings.open_timeout,
             ping_interval=settings.ping_interval,
@@ -135,9 +140,7 @@ async def _open(url: str, settings: ClientSettings) -> ClientConnection:
     except InvalidStatus as exc:
         response = exc.response
         body = response.body.decode("utf-8", "replace").strip()[:200] if response.body else ""
-        raise HandshakeRejected(
-            response.status_code, _scrub(body or response.reason_phrase, settings)
-        ) from None
+        raise HandshakeRejected(response.status_code, _scrub(body or response.reason_phrase, settings)) from None
     except InvalidURI as exc:
         raise UsageError(f"invalid realtime URL: {_scrub(str(exc), settings)}") from None
     except InvalidHandshake as exc:
@@ -146,6 +149,24 @@ async def _open(url: str, settings: ClientSettings) -> ClientConnection:
         raise TimedOut("connect", settings.open_timeout) from None
     except OSError as exc:
         raise ConnectionDropped(f"could not connect: {_scrub(str(exc), settings)}") from None
+
+
+async def _close(ws: ClientConnection) -> None:
+    """Close the connection, reading and dropping whatever still arrives meanwhile.
+
+    Unread frames past ``max_queue`` pause reading from the socket, which would hide the peer's end of
+    the close handshake until ``close_timeout``; draining lets the close finish at network speed.
+    """
+    closing = asyncio.create_task(ws.close())
+    try:
+        while True:
+            await ws.recv()
+    except ConnectionClosed:
+        pass
+    finally:
+        await asyncio.wait((closing,))  # bounded by close_timeout; a cancel still propagates after it
+        if not closing.cancelled():
+            closing.exception()  # retrieved: a failed close is not the item's failure
 
 
 class _Pump:
@@ -230,9 +251,7 @@ class _Pump:
                 continue
             except ConnectionClosed as exc:
                 rcvd = exc.rcvd
-                core.connection_lost(
-                    rcvd.code if rcvd else None, _scrub(rcvd.reason, self.settings) if rcvd else ""
-                )
+                core.connection_lost(rcvd.code if rcvd else None, _scrub(rcvd.reason, self.settings) if rcvd else "")
                 break
             now = loop.time()
             self.last_activity = now
@@ -307,7 +326,7 @@ async def run_turn(
     try:
         await _Pump(ws, core, settings, start).run()
     finally:
-        await ws.close()
+        await _close(ws)
     if not core.completed:
         failure = core.failure
         if isinstance(failure, BatchQwenError):
