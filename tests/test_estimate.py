@@ -104,7 +104,7 @@ def job(tmp_path: Path) -> Path:
     write_encoded(media / "short.flac", 0.4, "flac", "flac")
     Image.new("RGB", (1920, 1080), "navy").save(media / "full_hd.png")
     Image.new("RGB", (224, 224), "red").save(media / "square.jpg")
-    Image.new("RGB", (4000, 3000), "green").save(media / "huge.png")  # sent at 1440x1080
+    Image.new("RGB", (4000, 500), "green").save(media / "wide.png")  # sent at 1920x240
     write_video(media / "clip.mp4", 3, 64, 48)
     (media / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio")
     rows = [
@@ -112,7 +112,7 @@ def job(tmp_path: Path) -> Path:
         {"id": "b", "audio": "media/two.mp3", "image": "media/full_hd.png"},
         {"id": "c", "audio": "media/short.flac", "image": "media/square.jpg", "model": TURBO},
         {"id": "d", "prompt": PROMPT, "modalities": "text"},
-        {"id": "e", "image": "media/huge.png", "model": UNPRICED},
+        {"id": "e", "image": "media/wide.png", "model": UNPRICED},
         {"id": "f", "video": "media/clip.mp4", "instructions": "Describe the clip."},
         {"id": "g", "audio": "media/missing.wav"},
         {"id": "h", "audio": "media/corrupt.wav"},
@@ -153,7 +153,7 @@ def test_estimate_rows_and_totals_match_hand_counts(job: Path, tmp_path: Path) -
         "b": (instr, 25, 1280, 24, 100),  # 2 s; 1920x1080 = 60 x 34 blocks, clamped at 1280
         "c": (instr, 25, 64, 24, 200),  # turbo: 0.4 s bills as 1 s x 25; 224x224 = 8 x 8; 8 s x 25
         "d": (instr + prompt, 13, 0, 24, 0),  # no audio: 1 s of silence padding; text-only output
-        "e": (instr, 13, 1280, 24, 100),  # 4000x3000 sent at 1440x1080 = 45 x 34 -> 1280; padded
+        "e": (instr, 13, 480, 24, 100),  # 4000x500 sent at 1920x240 = 60 x 8 (unfitted: 1280); padded
         "f": (clip, 38, 3 * 4, 24, 100),  # 3 s sound track = 37.5 -> 38; 3 frames of 64x48 = 2 x 2 blocks
     }
     table = pq.read_table(tmp_path / "out" / ESTIMATE_FILE).to_pylist()
@@ -193,7 +193,7 @@ def test_estimate_rows_and_totals_match_hand_counts(job: Path, tmp_path: Path) -
     assert flash.tokens["output_audio"] == 300
     assert report.by_model[TURBO].cost == pytest.approx(c)
     assert report.by_model[UNPRICED].cost is None
-    assert report.by_model[UNPRICED].tokens["input_image"] == 1280
+    assert report.by_model[UNPRICED].tokens["input_image"] == 480
     assert report.tokens["input_audio"] == 125 + 25 + 25 + 13 + 13 + 38
     assert report.total_cost is None  # some items have no known price
     known = sum(r["cost"] for r in table if r["cost"] is not None)
