@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -11,12 +13,15 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.server import ServerConnection, serve
 
 from batchqwen.client import ClientSettings, redact_event, run_turn, url_for
 from batchqwen.errors import (
     ConnectionDropped,
     HandshakeRejected,
+    ItemError,
     ProtocolError,
     ServerError,
     TimedOut,
@@ -26,7 +31,7 @@ from batchqwen.events import SessionCreated, to_json
 from batchqwen.items import PreparedInput, TurnRequest, TurnResult
 from batchqwen.models import audio_tokens, get_model
 from batchqwen.protocol import FunctionCall
-from batchqwen.retry import classify, is_throttling
+from batchqwen.retry import backoff_delays, classify, is_throttling
 from batchqwen.sim_core import synthesize
 from batchqwen.simulator import Simulator, SimulatorConfig
 
@@ -303,3 +308,84 @@ def test_close_before_session_created_is_connection_dropped_with_the_code() -> N
     with pytest.raises(ConnectionDropped) as info:
         scripted(closer, {})
     assert "4000" in str(info.value) and "go away" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- retry policy (pure)
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (ConnectionDropped("gone"), "retryable"),
+        (TimedOut("idle", 1.0), "retryable"),
+        (HandshakeRejected(429), "retryable"),
+        (HandshakeRejected(503), "retryable"),
+        (HandshakeRejected(401), "fatal"),
+        (HandshakeRejected(403), "fatal"),
+        (HandshakeRejected(404), "permanent"),
+        (ServerError("x", error_type="server_error", code="InternalError"), "retryable"),
+        (ServerError("x", error_type="invalid_request_error", code="Throttling"), "retryable"),
+        (ServerError("x", error_type="invalid_request_error", code="Throttling.RateQuota"), "retryable"),
+        (ServerError("x", error_type="invalid_request_error", code="Throttling.AllocationQuota"), "retryable"),
+        (ServerError("x", error_type="invalid_request_error", code="InvalidApiKey"), "fatal"),
+        (ServerError("x", error_type="invalid_request_error", code="Arrearage"), "fatal"),
+        (ServerError("x", error_type="invalid_request_error", code="AccessDenied.Unpurchased"), "fatal"),
+        (ServerError("x", error_type="invalid_request_error", code="AllocationQuota.Exhausted"), "fatal"),
+        (ServerError("x", error_type="invalid_request_error", code="DataInspectionFailed"), "permanent"),
+        (ServerError("x", error_type="invalid_request_error", code="invalid_value"), "permanent"),
+        (ServerError("x"), "retryable"),
+        (ProtocolError("bad frame"), "permanent"),
+        (ItemError("bad file"), "permanent"),
+        (UsageError("bad option"), "fatal"),
+        (ValueError("?"), "permanent"),
+    ],
+)
+def test_classify(exc: BaseException, kind: str) -> None:
+    assert classify(exc) == kind
+
+
+def test_is_throttling() -> None:
+    assert is_throttling(HandshakeRejected(429))
+    assert is_throttling(ServerError("x", code="Throttling.RateQuota"))
+    assert not is_throttling(HandshakeRejected(503))
+    assert not is_throttling(ServerError("x", code="InvalidApiKey"))
+    assert not is_throttling(TimedOut("idle", 1))
+
+
+@given(code=st.text(max_size=30), error_type=st.sampled_from(["", "server_error", "invalid_request_error"]))
+def test_classify_any_server_error(code: str, error_type: str) -> None:
+    kind = classify(ServerError("m", error_type=error_type, code=code))
+    assert kind in ("retryable", "permanent", "fatal")
+    if code.startswith("Throttling"):
+        assert kind == "retryable"
+
+
+@settings(max_examples=200)
+@given(
+    base=st.floats(0.0, 10.0),
+    cap=st.floats(0.0, 100.0),
+    factor=st.floats(1.0, 4.0),
+    jitter=st.sampled_from(["full", "decorrelated", "none"]),
+    seed=st.integers(0, 2**32),
+)
+def test_backoff_delays_stay_within_bounds(base: float, cap: float, factor: float, jitter: Any, seed: int) -> None:
+    delays = list(
+        itertools.islice(backoff_delays(base=base, cap=cap, factor=factor, jitter=jitter, rng=random.Random(seed)), 40)
+    )
+    assert all(0.0 <= d <= cap for d in delays)
+    if jitter == "full":
+        assert all(d <= min(cap, base * factor**n) + 1e-9 for n, d in enumerate(delays))
+    elif jitter == "decorrelated":
+        assert all(d >= min(base, cap) - 1e-9 for d in delays)
+    else:
+        assert delays == sorted(delays)
+        assert delays[0] == min(cap, base)
+    again = backoff_delays(base=base, cap=cap, factor=factor, jitter=jitter, rng=random.Random(seed))
+    assert list(itertools.islice(again, 40)) == delays  # same seed, same delays
+
+
+def test_backoff_without_jitter_doubles_to_the_cap() -> None:
+    delays = list(itertools.islice(backoff_delays(base=0.5, cap=3.0, jitter="none"), 5))
+    assert delays == [0.5, 1.0, 2.0, 3.0, 3.0]
+    with pytest.raises(UsageError):
+        next(backoff_delays(factor=0.5))
