@@ -343,6 +343,69 @@ def models(prices: Path | None) -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0 picks a free port.")
+@click.option("--api-key", "api_keys", multiple=True, help="Accept only this key (repeatable); default: any key.")
+@click.option(
+    "--latency",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds before each response's first event.",
+)
+@click.option(
+    "--delta-delay",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds between a response's delta events.",
+)
+@click.option("--rpm", type=click.IntRange(min=1), default=None, help="Sessions per minute quota (sliding window).")
+@click.option("--tpm", type=click.IntRange(min=1), default=None, help="Tokens per minute quota (sliding window).")
+@click.option(
+    "--throttle-mode",
+    type=click.Choice(["handshake", "error"]),
+    default="handshake",
+    show_default=True,
+    help="Over quota: HTTP 429 at the handshake, or a Throttling error event then close.",
+)
+@click.option("--disconnect-rate", type=click.FloatRange(0, 1), default=0.0, help="Abrupt drops mid-response.")
+@click.option("--server-error-rate", type=click.FloatRange(0, 1), default=0.0, help="server_error then close.")
+@click.option("--hang-rate", type=click.FloatRange(0, 1), default=0.0, help="Stop answering mid-response.")
+@click.option("--malformed-rate", type=click.FloatRange(0, 1), default=0.0, help="A frame that is not JSON.")
+@click.option("--session-lifetime", type=click.FloatRange(min=1), default=7200.0, show_default=True)
+@click.option("--idle-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault draws.")
+def simulate(host: str, port: int, api_keys: tuple[str, ...], **options: Any) -> None:
+    """Run the local simulator of the realtime service until interrupted.
+
+    Per-connection faults: add `&sim_fault=disconnect|server_error|hang|malformed|throttle` to the URL.
+    """
+    from batchqwen.simulator import SimulatorConfig, serve
+
+    config = _call(
+        SimulatorConfig,
+        api_keys=api_keys,
+        latency_seconds=options["latency"],
+        delta_delay_seconds=options["delta_delay"],
+        rpm=options["rpm"],
+        tpm=options["tpm"],
+        throttle_mode=options["throttle_mode"],
+        disconnect_rate=options["disconnect_rate"],
+        server_error_rate=options["server_error_rate"],
+        hang_rate=options["hang_rate"],
+        malformed_rate=options["malformed_rate"],
+        session_lifetime_seconds=options["session_lifetime"],
+        idle_timeout_seconds=options["idle_timeout"],
+        seed=options["seed"],
+    )
+    try:
+        serve(config, host, port)
+    except OSError as exc:  # port taken, address not available
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_USAGE)
+
+
+@main.command()
 @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
 def report(out: Path) -> None:
     """Totals of a finished run in OUT: estimate vs actual by modality, and the estimate's error."""

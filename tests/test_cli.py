@@ -1,0 +1,191 @@
+"""The command line end to end: CliRunner in-process and a real subprocess, against the simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from media_factory import (
+    write_audio,
+    write_cmyk_jpeg,
+    write_image,
+    write_text,
+    write_truncated,
+)
+
+from batchqwen.cli import main
+from batchqwen.simulator import SimulatorConfig, SimulatorThread
+
+KEY = "sk-test-cli-0123456789abcdef"
+
+
+def _read_results(out: Path) -> dict[str, dict[str, object]]:
+    table = pq.read_table(out / "results.parquet")
+    return {row["id"]: row for row in table.to_pylist()}
+
+
+def _files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def good_job(tmp_path: Path) -> Path:
+    job = tmp_path / "job"
+    job.mkdir()
+    write_audio(job / "hello.wav", seconds=1.5, rate=16_000, channels=1)
+    write_audio(job / "stereo.mp3", seconds=2.0, seed=3)
+    write_image(job / "cat.png", 200, 150)
+    (job / "manifest.csv").write_text(
+        "id,audio,image,prompt,team\n"
+        "one,hello.wav,,,red\n"
+        "two,stereo.mp3,cat.png,What do you see?,blue\n"
+        ",,cat.png,Describe the picture,green\n",
+        encoding="utf-8",
+    )
+    return job
+
+
+def test_run_without_key_or_simulate_is_a_usage_error(good_job: Path) -> None:
+    result = CliRunner().invoke(main, ["run", str(good_job / "manifest.csv")], env={"DASHSCOPE_API_KEY": ""})
+    assert result.exit_code == 2
+    for hint in ("DASHSCOPE_API_KEY", "--simulate", "--dry-run"):
+        assert hint in result.output
+    assert "Traceback" not in result.output
+
+
+def test_run_simulated_writes_results_and_wavs(good_job: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(good_job / "manifest.csv"), "--simulate", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = _read_results(out)
+    assert len(rows) == 3
+    assert all(row["status"] == "ok" for row in rows.values())
+    assert list(pq.read_table(out / "results.parquet").column("row").to_pylist()) == [1, 2, 3]
+    assert rows["two"]["team"] == "blue"  # passthrough column kept
+    assert rows["two"]["image_count"] == 1
+    assert "What do you see?" in str(rows["two"]["output_transcript"])  # the prompt travelled as instructions
+    for row in rows.values():
+        with wave.open(str(out / str(row["output_wav"]))) as wav:
+            assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (24_000, 1, 2)
+            assert wav.getnframes() > 0
+        # the simulator bills input by the documented rules: the estimate must match exactly
+        for modality in ("input_text", "input_audio", "input_image"):
+            assert row[f"est_{modality}_tokens"] == row[f"usage_{modality}_tokens"], modality
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["exit_code"] == 0 and summary["by_status"]["ok"] == 3
+
+    again = CliRunner().invoke(main, ["run", str(good_job / "manifest.csv"), "--simulate", "--out", str(out)])
+    assert again.exit_code == 0
+    assert json.loads((out / "summary.json").read_text())["items_skipped_already_ok"] == 3
+
+    report = CliRunner().invoke(main, ["report", str(out)])
+    assert report.exit_code == 0
+    assert "input estimate matches exactly" in report.output
+
+
+def test_bad_inputs_fail_their_rows_only(tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    job.mkdir()
+    write_audio(job / "good.wav", seconds=1.0, rate=16_000, channels=1)
+    write_audio(job / "src.mp3", seconds=2.0)
+    write_truncated(job / "src.mp3", job / "corrupt.mp3", keep_fraction=0.02)
+    (job / "empty.wav").write_bytes(b"")
+    write_text(job / "notes.jpg")
+    write_image(job / "huge.png", 6000, 4000, alpha=True)
+    write_cmyk_jpeg(job / "print.jpg")
+    write_audio(job / "grüße 音声.wav", seconds=1.0, rate=16_000, channels=1)
+    (job / "manifest.csv").write_text(
+        "id,audio,image\n"
+        "missing,nope.wav,\n"
+        "corrupt,corrupt.mp3,\n"
+        "zero,empty.wav,\n"
+        "textjpg,good.wav,notes.jpg\n"
+        "huge,good.wav,huge.png\n"
+        "cmyk,good.wav,print.jpg\n"
+        "unicode,grüße 音声.wav,\n"
+        "../../x,good.wav,\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "work" / "out"
+    before = _files_under(tmp_path) - _files_under(out)
+    result = CliRunner().invoke(main, ["run", str(job / "manifest.csv"), "--simulate", "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    rows = _read_results(out)
+    assert {k: v["status"] for k, v in rows.items()} == {
+        "missing": "failed",
+        "corrupt": "failed",
+        "zero": "failed",
+        "textjpg": "failed",
+        "huge": "ok",
+        "cmyk": "ok",
+        "unicode": "ok",
+        "../../x": "ok",
+    }
+    assert "not found" in str(rows["missing"]["error_message"])
+    assert "empty" in str(rows["zero"]["error_message"])
+    assert "corrupt" in str(rows["corrupt"]["error_message"]) or "decode" in str(rows["corrupt"]["error_message"])
+    assert "image" in str(rows["textjpg"]["error_message"])
+    # nothing written outside OUT: every new file lies below it
+    assert _files_under(tmp_path) - _files_under(out) == before
+    assert (out / str(rows["../../x"]["output_wav"])).resolve().is_relative_to(out.resolve())
+
+
+def test_manifest_without_usable_columns_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text("name,colour\na,red\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "m.csv"), "--simulate", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "error" in result.output and "Traceback" not in result.output
+
+
+def test_estimate_and_dry_run_agree(good_job: Path, tmp_path: Path) -> None:
+    first = CliRunner().invoke(main, ["estimate", str(good_job / "manifest.csv"), "--out", str(tmp_path / "a")])
+    second = CliRunner().invoke(
+        main, ["run", str(good_job / "manifest.csv"), "--dry-run", "--out", str(tmp_path / "b")]
+    )
+    assert first.exit_code == second.exit_code == 0, first.output + second.output
+    a = pq.read_table(tmp_path / "a" / "estimate.parquet").drop_columns([]).to_pylist()
+    b = pq.read_table(tmp_path / "b" / "estimate.parquet").to_pylist()
+    assert a == b and len(a) == 3
+    assert "CNY" in first.output
+
+
+def test_max_cost_refuses_to_start(good_job: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["run", str(good_job / "manifest.csv"), "--simulate", "--out", str(out), "--max-cost", "0.000001"]
+    )
+    assert result.exit_code == 3
+    assert "exceeds --max-cost" in result.output
+    assert not (out / "results.parquet").exists()
+
+
+def test_real_subprocess_against_simulator(good_job: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    log_file = tmp_path / "run.log"
+    events = tmp_path / "events.jsonl"
+    with SimulatorThread(SimulatorConfig(api_keys=(KEY,))) as sim:
+        env = {**os.environ, "DASHSCOPE_API_KEY": KEY}
+        proc = subprocess.run(
+            [sys.executable, "-m", "batchqwen.cli", "run", str(good_job / "manifest.csv"), "--base-url", sim.url,
+             "--out", str(out), "--log-file", str(log_file), "--log-events", str(events), "--concurrency", "2"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert len(_read_results(out)) == 3
+    assert "results in" in proc.stdout
+    logged = [json.loads(line) for line in events.read_text().splitlines()]
+    assert {e["event"]["type"] for e in logged} >= {"session.update", "input_audio_buffer.append", "response.done"}
+    appends = [e for e in logged if e["event"]["type"] == "input_audio_buffer.append"]
+    assert all("elided" in e["event"]["audio"] for e in appends)
+    for path in [*out.rglob("*"), log_file, events]:
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+    assert KEY not in proc.stdout + proc.stderr
