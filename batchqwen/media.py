@@ -52,6 +52,9 @@ DEFAULT_MAX_VIDEO_FRAMES = 60  # one minute at 1 fps; each frame costs up to ~1,
 _EXIF_ORIENTATION = 0x0112
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}  # transpose / rotate 90 / transverse / rotate 270
 _FRAME_TIME_TOLERANCE = 1e-3  # seconds: container timestamps are rounded to their time base
+# FFmpeg's default stream analysis reads up to 5 s of packets: ~30-60 ms for a WAV. Probes only need
+# header fields (and fall back to decoding when a duration is missing), so they read far less.
+_QUICK_PROBE = {"probesize": "65536", "analyzeduration": "200000"}
 
 
 # --------------------------------------------------------------------------------------------- files
@@ -71,10 +74,11 @@ def _check_file(path: Path) -> None:
         raise MediaError(f"file is empty: {path}")
 
 
-def _open_container(path: Path, what: str) -> Any:
+def _open_container(path: Path, what: str, *, quick: bool = False) -> Any:
+    """av.open with typed errors. ``quick``: read only the headers (for probes that need no decoding)."""
     _check_file(path)
     try:
-        return av.open(str(path), mode="r")
+        return av.open(str(path), mode="r", options=_QUICK_PROBE if quick else None)
     except PermissionError as exc:
         raise InputFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
@@ -129,7 +133,7 @@ def probe_audio_seconds(path: Path) -> float:
 
     Falls back to decoding only when the container states no duration. Same errors as decode_audio.
     """
-    with _open_container(path, "audio") as container:
+    with _open_container(path, "audio", quick=True) as container:
         if not container.streams.audio:
             raise MediaError(f"no audio stream in {path}")
         seconds = _stream_seconds(container, container.streams.audio[0])
@@ -196,9 +200,7 @@ def _open_image(path: Path) -> Image.Image:
         raise MediaError(f"not an image Pillow can read: {path} ({_reason(exc)})") from None
     if image.width * image.height > MAX_SOURCE_PIXELS:
         image.close()
-        raise MediaError(
-            f"image too large: {path} ({image.width}x{image.height} is over {MAX_SOURCE_PIXELS:,} pixels)"
-        )
+        raise MediaError(f"image too large: {path} ({image.width}x{image.height} is over {MAX_SOURCE_PIXELS:,} pixels)")
     return image
 
 
@@ -331,23 +333,24 @@ class VideoProbe:
 
 def probe_video(path: Path, *, fps: float = 1.0, max_frames: int = DEFAULT_MAX_VIDEO_FRAMES) -> VideoProbe:
     """Duration, audio length, sampling moments and sent frame size of a video, without decoding."""
-    with _open_container(path, "video") as container:
-        if not container.streams.video:
-            raise MediaError(f"no video stream in {path}")
-        video = container.streams.video[0]
-        duration = _stream_seconds(container, video) or 0.0
-        audio_seconds = 0.0
-        if container.streams.audio:
-            audio_seconds = _stream_seconds(container, container.streams.audio[0]) or duration
-        width, height = video.codec_context.width, video.codec_context.height
-    if width < 1 or height < 1:
-        raise MediaError(f"corrupt or unsupported video: {path} (no frame size)")
-    return VideoProbe(
-        duration_seconds=duration,
-        audio_seconds=audio_seconds,
-        frame_times=video_frame_times(duration, fps=fps, max_frames=max_frames),
-        frame_size=fit_image_size(width, height),
-    )
+    for quick in (True, False):  # a container whose headers lack the frame size gets the full analysis
+        with _open_container(path, "video", quick=quick) as container:
+            if not container.streams.video:
+                raise MediaError(f"no video stream in {path}")
+            video = container.streams.video[0]
+            duration = _stream_seconds(container, video) or 0.0
+            audio_seconds = 0.0
+            if container.streams.audio:
+                audio_seconds = _stream_seconds(container, container.streams.audio[0]) or duration
+            width, height = video.codec_context.width, video.codec_context.height
+        if width > 0 and height > 0:
+            return VideoProbe(
+                duration_seconds=duration,
+                audio_seconds=audio_seconds,
+                frame_times=video_frame_times(duration, fps=fps, max_frames=max_frames),
+                frame_size=fit_image_size(width, height),
+            )
+    raise MediaError(f"corrupt or unsupported video: {path} (no frame size)")
 
 
 def extract_video(

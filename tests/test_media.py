@@ -83,8 +83,10 @@ def test_probe_agrees_with_decode(audio_files: dict[str, Path], suffix: str) -> 
     assert abs(probed - decoded) < 0.050
 
 
-def test_probe_is_fast(audio_files: dict[str, Path]) -> None:
-    path = audio_files[".mp3"]
+@pytest.mark.parametrize("suffix", [".wav", ".mp3"])
+def test_probe_is_fast(audio_files: dict[str, Path], suffix: str) -> None:
+    # the dry run probes every file of a batch: it must not analyse the stream (~40 ms for a WAV)
+    path = audio_files[suffix]
     media.probe_audio_seconds(path)  # warm up
     runs = 20
     start = time.perf_counter()
@@ -389,8 +391,18 @@ def test_video_without_audio_and_big_frames(tmp_path: Path) -> None:
 
 
 def test_audio_file_as_video(audio_files: dict[str, Path]) -> None:
-    with pytest.raises(MediaError, match="no video stream"):
-        media.extract_video(audio_files[".wav"])
+    for probe in (media.extract_video, media.probe_video):
+        with pytest.raises(MediaError, match="no video stream"):
+            probe(audio_files[".wav"])
+
+
+def test_bad_video_files(tmp_path: Path) -> None:
+    text = mf.write_text(tmp_path / "clip.mp4")
+    for probe in (media.extract_video, media.probe_video):
+        with pytest.raises(MediaError, match="corrupt or unsupported video"):
+            probe(text)
+        with pytest.raises(InputFileError, match="file not found"):
+            probe(tmp_path / "gone.mp4")
 
 
 def test_video_frame_times() -> None:
