@@ -29,7 +29,7 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from batchqwen.errors import InputFileError, ItemError, ManifestError
 from batchqwen.items import Item
@@ -77,9 +77,7 @@ def manifest_format(path: Path) -> str:
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         accepted = ", ".join(sorted(FORMATS))
-        raise ManifestError(
-            f"{path}: unknown manifest type {path.suffix or '(no extension)'!r}; use {accepted}"
-        )
+        raise ManifestError(f"{path}: unknown manifest type {path.suffix or '(no extension)'!r}; use {accepted}")
     return fmt
 
 
@@ -100,9 +98,7 @@ def _normalise_header(names: list[str], where: str) -> list[str]:
         if not name:
             continue
         if name in seen:
-            raise ManifestError(
-                f"{where}: column {name!r} appears twice (columns {seen[name]} and {position})"
-            )
+            raise ManifestError(f"{where}: column {name!r} appears twice (columns {seen[name]} and {position})")
         seen[name] = position
     return normalised
 
@@ -126,13 +122,19 @@ def _open_check(path: Path) -> None:
         raise ManifestError(f"manifest {path} is not readable")
 
 
+def _decoded_lines(handle: IO[bytes]) -> Iterator[str]:
+    """UTF-8 lines for the csv module, decoded one by one so a bad byte is blamed on the right row."""
+    for number, raw in enumerate(handle, 1):
+        line = raw.decode("utf-8")
+        yield line.removeprefix("\ufeff") if number == 1 else line  # spreadsheets write a BOM
+
+
 def _iter_csv(path: Path, delimiter: str) -> Iterator[tuple[int, RawRow]]:
     csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
     number = 0
     try:
-        # utf-8-sig: spreadsheets often write a byte-order mark before the header
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle, delimiter=delimiter)
+        with path.open("rb") as handle:
+            reader = csv.reader(_decoded_lines(handle), delimiter=delimiter)
             header_cells = next(reader, None)
             if header_cells is None:
                 raise ManifestError(f"manifest {path} is empty (no header row)")
@@ -141,8 +143,7 @@ def _iter_csv(path: Path, delimiter: str) -> Iterator[tuple[int, RawRow]]:
                 number += 1
                 if len(cells) > len(header):
                     raise ManifestError(
-                        f"{path.name}: row {number} has {len(cells)} cells "
-                        f"but the header has {len(header)} columns"
+                        f"{path.name}: row {number} has {len(cells)} cells but the header has {len(header)} columns"
                     )
                 row: RawRow = {}
                 for position, (name, cell) in enumerate(zip(header, cells, strict=False), 1):
@@ -160,20 +161,12 @@ def _iter_csv(path: Path, delimiter: str) -> Iterator[tuple[int, RawRow]]:
                         row[name] = None  # short rows: trailing cells left out means empty
                 yield number, row
     except UnicodeDecodeError as exc:
-        raise ManifestError(f"{path.name}: row {number + 1} is not valid UTF-8 ({exc.reason})") from None
+        where = "the header" if number == 0 else f"row {number + 1}"
+        raise ManifestError(f"{path.name}: {where} is not valid UTF-8 ({exc.reason})") from None
     except csv.Error as exc:
         raise ManifestError(f"{path.name}: row {number + 1} cannot be parsed as CSV: {exc}") from None
     except OSError as exc:
         raise ManifestError(f"manifest {path} cannot be read: {exc}") from None
-
-
-def _csv_columns(path: Path, delimiter: str) -> list[str]:
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            header = next(csv.reader(handle, delimiter=delimiter), None)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ManifestError(f"{path.name}: the header row cannot be read: {exc}") from None
-    return [n for n in _normalise_header(header or [], f"{path.name}: header") if n]
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, RawRow]]:
@@ -183,9 +176,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, RawRow]]:
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise ManifestError(
-                        f"{path.name}: line {number} is not valid UTF-8 ({exc.reason})"
-                    ) from None
+                    raise ManifestError(f"{path.name}: line {number} is not valid UTF-8 ({exc.reason})") from None
                 if number == 1:
                     text = text.removeprefix("\ufeff")
                 if not text.strip():
@@ -195,9 +186,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, RawRow]]:
                 except ValueError as exc:
                     raise ManifestError(f"{path.name}: line {number} is not valid JSON: {exc}") from None
                 if not isinstance(data, dict):
-                    raise ManifestError(
-                        f"{path.name}: line {number} is a JSON {type(data).__name__}, not an object"
-                    )
+                    raise ManifestError(f"{path.name}: line {number} is a JSON {type(data).__name__}, not an object")
                 names = _normalise_header([str(k) for k in data], f"{path.name}: line {number}")
                 yield number, dict(zip(names, data.values(), strict=True))
     except OSError as exc:
@@ -256,9 +245,7 @@ def _text(value: Any, column: str, where: str, *, strip: bool = True) -> str | N
     if _is_empty(value):
         return None
     if not isinstance(value, str):
-        raise ManifestError(
-            f"{where}: column {column!r} must be text, not {type(value).__name__} ({value!r})"
-        )
+        raise ManifestError(f"{where}: column {column!r} must be text, not {type(value).__name__} ({value!r})")
     return value.strip() if strip else value
 
 
@@ -284,9 +271,7 @@ def _list_of_text(value: Any, column: str, where: str, separator: str) -> list[s
     elif isinstance(value, list | tuple) and all(isinstance(v, str) or v is None for v in value):
         parts = [v for v in value if v is not None]
     else:
-        raise ManifestError(
-            f"{where}: column {column!r} must be text or a list of text, not {type(value).__name__}"
-        )
+        raise ManifestError(f"{where}: column {column!r} must be text or a list of text, not {type(value).__name__}")
     return [p.strip() for p in parts if p.strip()]
 
 
@@ -461,22 +446,8 @@ def _duplicate_error(path: Path, duplicates: list[tuple[str, list[int]]]) -> Man
         lines.append(f"and {len(duplicates) - 5} more duplicated ids")
     hint = ""
     if any(item_id.startswith("row-") for item_id, _ in duplicates):
-        hint = (
-            " (a row without an id gets one derived from its content,"
-            " so identical rows collide: add an id column)"
-        )
+        hint = " (a row without an id gets one derived from its content, so identical rows collide: add an id column)"
     return ManifestError(f"{path.name}: duplicate ids: " + "; ".join(lines) + hint)
-
-
-def manifest_columns(path: Path) -> list[str]:
-    """Column names of a CSV/TSV header or a Parquet schema, normalised; JSONL needs a full pass."""
-    fmt = manifest_format(path)
-    if fmt in ("csv", "tsv"):
-        return _csv_columns(path, "," if fmt == "csv" else "\t")
-    if fmt == "parquet":
-        names = list(_parquet_file(path).schema_arrow.names)
-        return [n for n in _normalise_header(names, f"{path.name}: schema") if n]
-    return []
 
 
 def check_manifest(path: Path) -> ManifestSummary:
@@ -487,8 +458,8 @@ def check_manifest(path: Path) -> ManifestSummary:
     path = Path(path)
     fmt = manifest_format(path)
     _open_check(path)
-    columns = manifest_columns(path)
-    seen_columns = dict.fromkeys(columns)
+    # Every CSV/Parquet row carries all named columns; JSONL lines may differ, so take the union.
+    seen_columns: dict[str, None] = {}
     keys: array[int] = array("Q")
     rows: array[int] = array("Q")
     count = 0
@@ -498,7 +469,7 @@ def check_manifest(path: Path) -> ManifestSummary:
     no_input_count = 0
     base = path.absolute().parent
     for number, raw in _iter_raw(path, fmt):
-        if fmt == "jsonl":
+        if fmt == "jsonl" or not seen_columns:
             seen_columns.update(dict.fromkeys(raw))
         item = _to_item(number, raw, base, f"{path.name}: {_where(fmt, number)}")
         if item is None:
