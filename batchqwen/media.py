@@ -390,6 +390,8 @@ def extract_video(
                             frames.append(_prepare_frame(frame, at))
                             while targets and targets[0] <= at + _FRAME_TIME_TOLERANCE:
                                 targets.pop(0)
+                if not targets and audio is None:
+                    break  # every frame taken and no sound wanted: skip the rest of the file
             if audio is not None:
                 pcm.append(_pcm_of(resampler.resample(None)))
         except (av.error.FFmpegError, ValueError) as exc:
