@@ -32,7 +32,7 @@ from batchqwen.items import PreparedInput, TurnRequest, TurnResult
 from batchqwen.models import audio_tokens, get_model
 from batchqwen.protocol import FunctionCall
 from batchqwen.retry import backoff_delays, classify, is_throttling
-from batchqwen.sim_core import synthesize
+from batchqwen.sim_core import ServerSession, synthesize
 from batchqwen.simulator import Simulator, SimulatorConfig
 
 FLASH = get_model("qwen3-omni-flash-realtime")
@@ -308,6 +308,35 @@ def test_close_before_session_created_is_connection_dropped_with_the_code() -> N
     with pytest.raises(ConnectionDropped) as info:
         scripted(closer, {})
     assert "4000" in str(info.value) and "go away" in str(info.value)
+
+
+def dropping_server(drop: set[str]) -> Callable[[ServerConnection], Awaitable[None]]:
+    """A real protocol server (the simulator's core) that never sends the event types in ``drop``."""
+
+    async def handler(ws: ServerConnection) -> None:
+        server = ServerSession(FLASH.name)
+        for event in server.opening_events():
+            await ws.send(to_json(event))
+        async for frame in ws:
+            for event in server.receive_frame(frame):
+                if event.type not in drop:
+                    await ws.send(to_json(event))
+
+    return handler
+
+
+def test_unanswered_session_finish_ends_cleanly_after_finish_timeout() -> None:
+    started = time.monotonic()
+    result = scripted(dropping_server({"session.finished"}), {"finish_timeout": 0.3, "close_timeout": 0.5})
+    assert result.output_pcm and result.input_transcript
+    assert 0.3 <= time.monotonic() - started < 2.0
+
+
+def test_missing_input_transcript_waits_only_for_the_grace() -> None:
+    drop = {"conversation.item.input_audio_transcription.completed"}
+    result = scripted(dropping_server(drop), {"transcript_grace": 0.3})
+    assert result.input_transcript == "" and result.output_transcript
+    assert result.total_seconds is not None and 0.3 <= result.total_seconds < 2.0
 
 
 # ----------------------------------------------------------------------------- retry policy (pure)
