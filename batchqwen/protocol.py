@@ -147,9 +147,7 @@ def build_session_config(request: TurnRequest) -> dict[str, Any]:
         "voice": request.voice,
         "input_audio_format": "pcm16",
         "output_audio_format": "pcm16",
-        "input_audio_transcription": (
-            {"model": request.transcription_model} if request.transcribe_input else None
-        ),
+        "input_audio_transcription": ({"model": request.transcription_model} if request.transcribe_input else None),
         "turn_detection": None,
     }
     if request.instructions is not None:
@@ -433,9 +431,7 @@ class ClientTurn:
         else:
             self._fail(exc)
 
-    def _on_transcription(
-        self, event: InputAudioTranscriptionCompleted | InputAudioTranscriptionFailed
-    ) -> None:
+    def _on_transcription(self, event: InputAudioTranscriptionCompleted | InputAudioTranscriptionFailed) -> None:
         if not self._committed or self._input_transcript is not None or self.transcription_error:
             raise self._illegal(event)
         if isinstance(event, InputAudioTranscriptionCompleted):

@@ -108,9 +108,7 @@ def feed(core: ClientTurn, events: Sequence[Event], now: float = 0.0) -> list[Ev
     return sent
 
 
-def response_events(
-    rid: str = "resp_1", words: Sequence[str] = ("Hel", "lo"), usage: Any = None
-) -> list[Event]:
+def response_events(rid: str = "resp_1", words: Sequence[str] = ("Hel", "lo"), usage: Any = None) -> list[Event]:
     audio = base64.b64encode(OUT_PCM).decode()
     events: list[Event] = [
         ResponseCreated(response={"id": rid, "status": "in_progress"}),
@@ -331,9 +329,7 @@ def test_unknown_events_are_tolerated() -> None:
 
 def test_missing_transcript_waits_only_until_the_grace_deadline() -> None:
     core = ClientTurn(make_request(), transcript_grace=2.0)
-    events = [
-        e for e in happy_events() if not isinstance(e, InputAudioTranscriptionCompleted | SessionFinished)
-    ]
+    events = [e for e in happy_events() if not isinstance(e, InputAudioTranscriptionCompleted | SessionFinished)]
     feed(core, events, now=10.0)
     assert state(core) is State.AWAIT_TRANSCRIPT and core.completed
     assert core.deadline == 12.0
@@ -350,9 +346,7 @@ def test_missing_transcript_waits_only_until_the_grace_deadline() -> None:
 
 def test_late_transcript_inside_the_grace_is_kept_and_ends_the_wait() -> None:
     core = ClientTurn(make_request())
-    events = [
-        e for e in happy_events() if not isinstance(e, InputAudioTranscriptionCompleted | SessionFinished)
-    ]
+    events = [e for e in happy_events() if not isinstance(e, InputAudioTranscriptionCompleted | SessionFinished)]
     feed(core, events)
     core.receive(InputAudioTranscriptionCompleted(item_id="item_in", transcript="late words"))
     assert state(core) is State.FINISHING
@@ -435,9 +429,7 @@ def test_tool_call_round_sends_output_and_a_new_response_and_sums_usage() -> Non
         ResponseCreated(response={"id": rid}),
         ResponseOutputItemAdded(response_id=rid, output_index=0, item={"type": "function_call"}),
         ResponseFunctionCallArgumentsDelta(response_id=rid, call_id="call_1", delta='{"city":'),
-        ResponseFunctionCallArgumentsDone(
-            response_id=rid, call_id="call_1", name="weather", arguments='{"city":"X"}'
-        ),
+        ResponseFunctionCallArgumentsDone(response_id=rid, call_id="call_1", name="weather", arguments='{"city":"X"}'),
         ResponseOutputItemDone(response_id=rid, output_index=0),
         ResponseDone(response={"id": rid, "status": "completed", "usage": USAGE}),
     ]
@@ -748,9 +740,7 @@ def test_tool_round_against_the_simulator_core() -> None:
         calls.append(call)
         return "forty-two"
 
-    request = make_request(
-        pcm=tone(1.0), model=OMNI35, instructions="use lookup", session_options={"tools": tools}
-    )
+    request = make_request(pcm=tone(1.0), model=OMNI35, instructions="use lookup", session_options={"tools": tools})
     core = ClientTurn(request, tool_handler=handler)
     run_pair(core, ServerSession(OMNI35.name))
     assert [c.name for c in calls] == ["lookup"]
@@ -769,9 +759,7 @@ def test_rejected_session_finish_in_memory_is_not_a_failure() -> None:
 
 
 def test_bad_voice_in_memory_is_a_server_error() -> None:
-    request = TurnRequest(
-        model=TURBO, voice="Nofish", modalities=("text", "audio"), media=PreparedInput(tone(1.0))
-    )
+    request = TurnRequest(model=TURBO, voice="Nofish", modalities=("text", "audio"), media=PreparedInput(tone(1.0)))
     core = ClientTurn(request)
     run_pair(core, ServerSession(TURBO.name))
     assert state(core) is State.FAILED
