@@ -258,6 +258,18 @@ def test_many_concurrent_sessions_and_no_leftover_tasks() -> None:
     assert all(r.output_pcm and r.usage is not None for r in results)
 
 
+def test_cancelling_run_turn_closes_everything() -> None:
+    async def body(sim: Simulator) -> None:
+        settings = ClientSettings(base_url=sim.url, api_key="fault-hang-1", close_timeout=0.5)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(run_turn(request(), settings), 0.3)
+        await asyncio.sleep(0)
+        leftovers = [t for t in asyncio.all_tasks() if "_Pump" in repr(t.get_coro()) or "close" in repr(t.get_coro())]
+        assert leftovers == []
+
+    with_sim(SimulatorConfig(), body)
+
+
 # ----------------------------------------------------------------------------- scripted servers
 
 
