@@ -55,9 +55,7 @@ def speech_like(seconds: float, rate: int = 16_000, channels: int = 1, *, seed: 
     return np.clip(np.stack(rows), -1, 1).astype(np.float32)
 
 
-def write_audio(
-    path: Path, *, seconds: float = 3.0, rate: int = 44_100, channels: int = 2, seed: int = 0
-) -> Path:
+def write_audio(path: Path, *, seconds: float = 3.0, rate: int = 44_100, channels: int = 2, seed: int = 0) -> Path:
     """Encode speech-like audio to ``path``; the suffix picks the format (.wav .mp3 .flac .ogg .m4a).
 
     ``rate`` and ``channels`` describe the source; WAV/MP3/FLAC/AAC keep them, Opus is stored at 48 kHz.
@@ -69,9 +67,7 @@ def write_audio(
     with av.open(str(path), mode="w", format=container_format) as container:
         stream = cast(av.AudioStream, container.add_stream(codec, rate=out_rate, layout=layout))
         frame_size = stream.codec_context.frame_size or 1024
-        resampler = av.AudioResampler(
-            format=sample_format, layout=layout, rate=out_rate, frame_size=frame_size
-        )
+        resampler = av.AudioResampler(format=sample_format, layout=layout, rate=out_rate, frame_size=frame_size)
         source = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout=layout)
         source.sample_rate = rate
         source.pts = 0
@@ -202,9 +198,7 @@ def write_video(
             container.mux(packet)
         if sound is not None:
             resampler = av.AudioResampler(format="fltp", layout="stereo", rate=audio_rate, frame_size=1024)
-            source = av.AudioFrame.from_ndarray(
-                speech_like(seconds, audio_rate, 2), format="fltp", layout="stereo"
-            )
+            source = av.AudioFrame.from_ndarray(speech_like(seconds, audio_rate, 2), format="fltp", layout="stereo")
             source.sample_rate, source.pts, source.time_base = audio_rate, 0, Fraction(1, audio_rate)
             for frame in [*resampler.resample(source), *resampler.resample(None)]:
                 for packet in sound.encode(frame):
