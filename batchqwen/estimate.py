@@ -11,7 +11,9 @@ Per item, the rules are those of the real run (see :func:`batchqwen.cost.estimat
 * images: each image's size after EXIF orientation, fitted as the runner sends it
   (:func:`batchqwen.media.fit_image_size`); video frames at ``video_fps`` (at most ``max_video_frames``)
   at the video's fitted frame size;
-* text: the row's instructions (else the run's) and the prompt;
+* text: the row's instructions (else the run's) and the prompt; on models without text input the prompt
+  travels inside the instructions (``instructions + "\\n\\n" + prompt``), as the runner sends it; a
+  model with text input given a prompt and no images/video gets no silence padding;
 * output: from the :class:`~batchqwen.cost.OutputAssumption`.
 
 A row with a problem (missing file, unreadable media, unknown model or voice) is listed, counted and
@@ -220,15 +222,20 @@ def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
             sizes.extend([video.frame_size] * len(video.frame_times))
             if item.audio is None:  # an audio file, when given, is the sound; the video gives frames only
                 audio_seconds = video.audio_seconds
+        # text and padding exactly as runner.plan_item resolves them
+        instructions, prompt = item.instructions or s.instructions, item.prompt
+        if prompt and not model.text_input:  # the prompt travels inside the instructions
+            instructions, prompt = (f"{instructions}\n\n{prompt}" if instructions else prompt), None
+        needs_audio = not (model.text_input and prompt and not (item.images or item.video))
         padded = 0.0
-        if audio_seconds <= 0 and s.pad_silence_seconds > 0:
+        if audio_seconds <= 0 and needs_audio and s.pad_silence_seconds > 0:
             padded = audio_seconds = s.pad_silence_seconds
         sizes.extend(fit_image_size(*probe_image_size(path)) for path in item.images)
         tokens = estimate_tokens(
             model,
             audio_seconds=audio_seconds,
             image_sizes=sizes,
-            texts=(item.instructions or s.instructions, item.prompt),
+            texts=(instructions, prompt),
             modalities=modalities,
             output=s.output,
         )
@@ -358,9 +365,7 @@ def _record(report: EstimateReport, prices: PriceBook, writer: _RowWriter | None
     else:
         totals = report.by_model.get(row.model)
         if totals is None:
-            totals = report.by_model[row.model] = ModelTotals(
-                row.model, prices.lookup(row.model, report.region)
-            )
+            totals = report.by_model[row.model] = ModelTotals(row.model, prices.lookup(row.model, report.region))
         price = totals.price
         totals.items += 1
         totals.audio_seconds += row.audio_seconds
@@ -422,10 +427,7 @@ def _table(rows: Iterable[tuple[str, ...]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = []
     for r in rows:
-        cells = [
-            cell.ljust(w) if i == 0 else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(r, widths, strict=True))
-        ]
+        cells = [cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths, strict=True))]
         out.append("  " + "  ".join(cells))
     return out
 
@@ -464,9 +466,7 @@ def format_report(report: EstimateReport) -> str:
             f"Estimated cost: {report.known_cost:,.4f} {cur} for the priced items, plus UNKNOWN for "
             f"{report.unpriced_items:,} items of {', '.join(unpriced)} (no known price)"
         )
-    lines.append(
-        "Output text in text+audio mode is the transcript: not billed (output billed on audio tokens)."
-    )
+    lines.append("Output text in text+audio mode is the transcript: not billed (output billed on audio tokens).")
     if report.problem_count:
         lines += ["", f"Problems ({report.problem_count:,} rows, left out of the totals):"]
         lines += [f"  row {p.row} (id {p.id}): {p.message}" for p in report.problems]

@@ -54,9 +54,7 @@ def write_encoded(path: Path, seconds: float, codec: str, fmt: str) -> None:
         assert isinstance(stream, av.AudioStream)
         stream.layout = "mono"
         for start in range(0, len(pcm), 1152):
-            frame = av.AudioFrame.from_ndarray(
-                pcm[start : start + 1152].reshape(1, -1), format="s16", layout="mono"
-            )
+            frame = av.AudioFrame.from_ndarray(pcm[start : start + 1152].reshape(1, -1), format="s16", layout="mono")
             frame.sample_rate = RATE
             frame.pts = start
             for packet in stream.encode(frame):
@@ -73,9 +71,7 @@ def write_video(path: Path, seconds: int, width: int, height: int) -> None:
         audio = out.add_stream("aac", rate=RATE)
         audio.layout = "mono"
         for i in range(seconds * 10):
-            frame = av.VideoFrame.from_ndarray(
-                np.full((height, width, 3), i * 7 % 255, np.uint8), format="rgb24"
-            )
+            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), i * 7 % 255, np.uint8), format="rgb24")
             frame.pts = i
             for packet in video.encode(frame):
                 out.mux(packet)
@@ -83,9 +79,7 @@ def write_video(path: Path, seconds: int, width: int, height: int) -> None:
             out.mux(packet)
         pcm = tone(seconds)
         for start in range(0, len(pcm), 1024):
-            chunk = av.AudioFrame.from_ndarray(
-                pcm[start : start + 1024].reshape(1, -1), format="s16", layout="mono"
-            )
+            chunk = av.AudioFrame.from_ndarray(pcm[start : start + 1024].reshape(1, -1), format="s16", layout="mono")
             chunk.sample_rate = RATE
             chunk.pts = start
             for packet in audio.encode(chunk):
@@ -117,6 +111,7 @@ def job(tmp_path: Path) -> Path:
         {"id": "g", "audio": "media/missing.wav"},
         {"id": "h", "audio": "media/corrupt.wav"},
         {"id": "i", "audio": "media/ten.wav", "voice": "Nobody"},
+        {"id": "j", "prompt": PROMPT, "model": UNPRICED},
     ]
     columns = ["id", "audio", "image", "video", "prompt", "instructions", "model", "voice", "modalities"]
     path = tmp_path / "manifest.csv"
@@ -147,18 +142,21 @@ def run(manifest: Path, out: Path | None, **overrides: Any) -> EstimateReport:
 def test_estimate_rows_and_totals_match_hand_counts(job: Path, tmp_path: Path) -> None:
     report = run(job, tmp_path / "out")
     instr, prompt, clip = qwen_tokens(INSTRUCTIONS), qwen_tokens(PROMPT), qwen_tokens("Describe the clip.")
+    merged = qwen_tokens(INSTRUCTIONS + "\n\n" + PROMPT)
     # (input_text, input_audio, input_image, output_text, output_audio) by hand:
     expected = {
         "a": (instr, 125, 0, 24, 100),  # 10 s x 12.5; answer 8 s x 12.5 audio, 8 s x 3 transcript
         "b": (instr, 25, 1280, 24, 100),  # 2 s; 1920x1080 = 60 x 34 blocks, clamped at 1280
         "c": (instr, 25, 64, 24, 200),  # turbo: 0.4 s bills as 1 s x 25; 224x224 = 8 x 8; 8 s x 25
-        "d": (instr + prompt, 13, 0, 24, 0),  # no audio: 1 s of silence padding; text-only output
+        # no audio: 1 s of silence padding; the prompt rides in the instructions; text-only output
+        "d": (merged, 13, 0, 24, 0),
+        "j": (instr + prompt, 0, 0, 24, 100),  # text-input model, prompt only: no padding
         "e": (instr, 13, 480, 24, 100),  # 4000x500 sent at 1920x240 = 60 x 8 (unfitted: 1280); padded
         "f": (clip, 38, 3 * 4, 24, 100),  # 3 s sound track = 37.5 -> 38; 3 frames of 64x48 = 2 x 2 blocks
     }
     table = pq.read_table(tmp_path / "out" / ESTIMATE_FILE).to_pylist()
-    assert [r["id"] for r in table] == list("abcdefghi")  # manifest order
-    assert [r["row"] for r in table] == list(range(1, 10))
+    assert [r["id"] for r in table] == list("abcdefghij")  # manifest order
+    assert [r["row"] for r in table] == list(range(1, 11))
     by_id = {r["id"]: r for r in table}
     for item_id, tokens in expected.items():
         r = by_id[item_id]
@@ -178,14 +176,14 @@ def test_estimate_rows_and_totals_match_hand_counts(job: Path, tmp_path: Path) -
     # money by hand, Beijing prices; text+audio output billed on audio tokens only
     a = (instr * 2.2 + 125 * 18.9 + 100 * 75.1) / 1e6
     c = (instr * 1.6 + 25 * 25 + 64 * 6 + 200 * 50) / 1e6
-    d = ((instr + prompt) * 2.2 + 13 * 18.9 + 24 * 15.2) / 1e6  # text-only output after audio input
+    d = (merged * 2.2 + 13 * 18.9 + 24 * 15.2) / 1e6  # text-only output after audio input
     assert by_id["a"]["cost"] == pytest.approx(a)
     assert by_id["c"]["cost"] == pytest.approx(c)
     assert by_id["d"]["cost"] == pytest.approx(d)
     # the unpriced model: tokens counted, cost unknown, never zero
     assert by_id["e"]["cost"] is None and by_id["e"]["price_known"] is False
 
-    assert report.items == 9 and report.problem_count == 3 and report.estimated_items == 6
+    assert report.items == 10 and report.problem_count == 3 and report.estimated_items == 7
     flash = report.by_model[FLASH]
     assert flash.items == 4
     assert flash.tokens["input_audio"] == 125 + 25 + 13 + 38
@@ -194,11 +192,12 @@ def test_estimate_rows_and_totals_match_hand_counts(job: Path, tmp_path: Path) -
     assert report.by_model[TURBO].cost == pytest.approx(c)
     assert report.by_model[UNPRICED].cost is None
     assert report.by_model[UNPRICED].tokens["input_image"] == 480
+    assert by_id["j"]["padded_silence_seconds"] == 0.0 and by_id["j"]["cost"] is None
     assert report.tokens["input_audio"] == 125 + 25 + 25 + 13 + 13 + 38
     assert report.total_cost is None  # some items have no known price
     known = sum(r["cost"] for r in table if r["cost"] is not None)
     assert report.known_cost == pytest.approx(known)
-    assert report.unpriced_items == 1
+    assert report.unpriced_items == 2
 
 
 def test_problem_rows_are_listed_not_fatal(job: Path, tmp_path: Path) -> None:
@@ -210,10 +209,10 @@ def test_problem_rows_are_listed_not_fatal(job: Path, tmp_path: Path) -> None:
     assert "Nobody" in problems["i"]
     text = format_report(report)
     for needle in (
-        "9 items, 6 estimated, 3 with problems",
+        "10 items, 7 estimated, 3 with problems",
         "Output assumed: 8 s of speech per item; 3 text tokens per second of speech",
         "no known price",
-        "UNKNOWN for 1 items of qwen3.5-omni-flash-realtime",
+        "UNKNOWN for 2 items of qwen3.5-omni-flash-realtime",
         "row 7 (id g)",
         "CNY per 1M tokens",
         "as of 2026-11",
@@ -223,9 +222,7 @@ def test_problem_rows_are_listed_not_fatal(job: Path, tmp_path: Path) -> None:
 
 def test_problem_list_is_capped_but_all_counted(tmp_path: Path) -> None:
     manifest = tmp_path / "m.jsonl"
-    manifest.write_text(
-        "".join(f'{{"id": "x{i}", "audio": "nope{i}.wav"}}\n' for i in range(45)), encoding="utf-8"
-    )
+    manifest.write_text("".join(f'{{"id": "x{i}", "audio": "nope{i}.wav"}}\n' for i in range(45)), encoding="utf-8")
     report = run(manifest, tmp_path / "out")
     assert report.problem_count == 45 and len(report.problems) == 20
     assert "... and 25 more" in format_report(report)
@@ -259,7 +256,7 @@ def test_no_socket_is_opened(job: Path, tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(socket, "getaddrinfo", refuse("socket.getaddrinfo"))
     monkeypatch.setattr(asyncio.BaseEventLoop, "create_connection", refuse("loop.create_connection"))
     report = run(job, tmp_path / "out")
-    assert report.items == 9 and report.estimated_items == 6
+    assert report.items == 10 and report.estimated_items == 7
     assert attempts == []
 
 
@@ -278,5 +275,5 @@ def test_manifest_error_midway_leaves_no_partial_file(tmp_path: Path) -> None:
 
 def test_without_out_dir_writes_nothing(job: Path, tmp_path: Path) -> None:
     report = run(job, None, workers=1)
-    assert report.parquet is None and report.items == 9
+    assert report.parquet is None and report.items == 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.csv", "media"]
