@@ -130,9 +130,7 @@ def _parse_price_file(
     allowed_top = {"source", "as_of", "currency", "models"}
     for key in data:
         if key not in allowed_top:
-            raise UsageError(
-                f"price file {where}: unknown top-level key {key!r} (expected {sorted(allowed_top)})"
-            )
+            raise UsageError(f"price file {where}: unknown top-level key {key!r} (expected {sorted(allowed_top)})")
     meta: dict[str, str] = {}
     for key in ("source", "as_of", "currency"):
         if key in data:
@@ -154,27 +152,19 @@ def _parse_price_file(
                 raise UsageError(f"price file {where}: {at} must be a table of prices")
             for key in entry:
                 if key not in PRICE_KEYS:
-                    raise UsageError(
-                        f"price file {where}: {at}: unknown key {key!r} (expected {list(PRICE_KEYS)})"
-                    )
+                    raise UsageError(f"price file {where}: {at}: unknown key {key!r} (expected {list(PRICE_KEYS)})")
             values: dict[str, float] = {}
             for key in PRICE_KEYS:
                 if key not in entry:
                     raise UsageError(f"price file {where}: {at}: missing key {key!r}")
                 number: Any = entry[key]
-                if (
-                    isinstance(number, bool)
-                    or not isinstance(number, int | float)
-                    or not math.isfinite(number)
-                ):
+                if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number):
                     raise UsageError(f"price file {where}: {at}.{key} must be a number, not {number!r}")
                 if number < 0:
                     raise UsageError(f"price file {where}: {at}.{key} must not be negative ({number})")
                 values[key] = float(number)
             norm_region = normalize_region(region)
-            prices[(model, norm_region)] = ModelPrice(
-                model=model, region=norm_region, currency=currency, **values
-            )
+            prices[(model, norm_region)] = ModelPrice(model=model, region=norm_region, currency=currency, **values)
     return meta, prices
 
 
@@ -209,8 +199,7 @@ def load_prices(path: Path | None = None, *, extend: bool = True) -> PriceBook:
     for key in ("source", "as_of", "currency"):
         if key not in user_meta:
             raise UsageError(
-                f"price file {path}: missing top-level key {key!r} "
-                "(required when it replaces the shipped prices)"
+                f"price file {path}: missing top-level key {key!r} (required when it replaces the shipped prices)"
             )
     return PriceBook(user_meta["source"], user_meta["as_of"], user_meta["currency"], user)
 
@@ -237,9 +226,7 @@ class OutputAssumption:
             raise UsageError("output seconds per item must be a finite number >= 0")
         if self.output_ratio is not None and (self.output_ratio < 0 or not math.isfinite(self.output_ratio)):
             raise UsageError("output ratio must be a finite number >= 0")
-        if self.text_tokens_per_second_of_speech < 0 or not math.isfinite(
-            self.text_tokens_per_second_of_speech
-        ):
+        if self.text_tokens_per_second_of_speech < 0 or not math.isfinite(self.text_tokens_per_second_of_speech):
             raise UsageError("text tokens per second of speech must be a finite number >= 0")
 
     def output_seconds(self, input_audio_seconds: float) -> float:
