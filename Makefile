@@ -20,6 +20,7 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/batchqwen run jobs/demo/manifest.csv --simulate --out out/demo
+	$(BIN)/batchqwen report out/demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check batchqwen tests bench
