@@ -218,9 +218,7 @@ def failed_row(
     item: Item, exc: BaseException, *, attempts: int = 1, secrets: Iterable[str] = (), **fields: Any
 ) -> ResultRow:
     """A ``failed`` row for ``item`` from the exception that ended its last attempt."""
-    return ResultRow.from_item(
-        item, STATUS_FAILED, attempts=attempts, **error_fields(exc, secrets=secrets), **fields
-    )
+    return ResultRow.from_item(item, STATUS_FAILED, attempts=attempts, **error_fields(exc, secrets=secrets), **fields)
 
 
 def needs_run(item: Item, record: Mapping[str, Any] | None, *, retry_failed: bool = True) -> bool:
@@ -244,9 +242,7 @@ def needs_run(item: Item, record: Mapping[str, Any] | None, *, retry_failed: boo
 _SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _HASH_SUFFIX = re.compile(r"--[0-9a-f]{12}$", re.IGNORECASE)
 _WINDOWS_RESERVED = frozenset(
-    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
-    + [f"COM{i}" for i in range(10)]
-    + [f"LPT{i}" for i in range(10)]
+    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"] + [f"COM{i}" for i in range(10)] + [f"LPT{i}" for i in range(10)]
 )
 SAFE_ID_MAX = 80  # characters kept from the id before the hash suffix
 
