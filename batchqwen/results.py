@@ -10,7 +10,6 @@ file in the same folder, fsynced, then ``os.replace``-d over the old one. See ``
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -19,7 +18,7 @@ import tempfile
 import threading
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -173,7 +172,9 @@ class ResultRow:
 
     def to_record(self) -> dict[str, Any]:
         """The row as a JSON-ready dict (timestamps as ISO 8601 text), as the journal stores it."""
-        record = dataclasses.asdict(self)
+        # Not dataclasses.asdict: its deep copy is the bottleneck when a million rows are built.
+        record = {name: getattr(self, name) for name in RESULT_COLUMNS}
+        record["response_ids"] = list(self.response_ids)
         for key in ("started_at", "finished_at"):
             value = record[key]
             record[key] = value.isoformat() if isinstance(value, datetime) else None
@@ -442,29 +443,46 @@ def passthrough_text(value: Any) -> str | None:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def _coerce(value: Any, kind: pa.DataType) -> Any:
-    if value is None:
-        return None
+def _converter(kind: pa.DataType) -> Callable[[Any], Any]:
     if pa.types.is_int64(kind):
-        return int(value)
+        return int
     if pa.types.is_float64(kind):
-        return float(value)
+        return float
     if pa.types.is_timestamp(kind):
-        return datetime.fromisoformat(value) if isinstance(value, str) else value
+        return lambda v: datetime.fromisoformat(v) if isinstance(v, str) else v
     if pa.types.is_list(kind):
-        return [str(v) for v in value]
-    return str(value)
+        return lambda v: [str(x) for x in v]
+    return str
 
 
-def _pending_record(item: Item) -> dict[str, Any]:
-    return ResultRow.from_item(item, STATUS_PENDING).to_record()
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {f.name: _converter(f.type) for f in RESULT_SCHEMA}
+_TIMESTAMP_COLUMNS = ("started_at", "finished_at")
+
+
+def _to_batch(columns: dict[str, list[Any]], schema: pa.Schema) -> pa.RecordBatch:
+    """Columns as a record batch; values of the wrong Python type (a hand-edited journal) are converted."""
+    for name in _TIMESTAMP_COLUMNS:  # the journal keeps them as ISO 8601 text
+        columns[name] = [None if v is None else _CONVERTERS[name](v) for v in columns[name]]
+    try:
+        return pa.RecordBatch.from_pydict(columns, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        for name, convert in _CONVERTERS.items():
+            columns[name] = [None if v is None else convert(v) for v in columns[name]]
+        return pa.RecordBatch.from_pydict(columns, schema=schema)
 
 
 def _row_for(item: Item, record: Mapping[str, Any] | None) -> Mapping[str, Any]:
     # A record written for other content under this id (the row or its files changed) is not this
-    # item's result.
+    # item's result: the item shows as pending.
     if record is None or (record.get("content_hash") and record.get("content_hash") != item.content_hash):
-        return _pending_record(item)
+        return {
+            "status": STATUS_PENDING,
+            "model": item.model,
+            "voice": item.voice,
+            "modalities": ",".join(item.modalities) if item.modalities else None,
+            "image_count": len(item.images),
+            "content_hash": item.content_hash,
+        }
     return record
 
 
@@ -492,16 +510,16 @@ def write_results(
                 for item in manifest_items:
                     record = _row_for(item, journal_rows.get(item.id))
                     for column in RESULT_COLUMNS:
-                        columns[column].append(_coerce(record.get(column), RESULT_SCHEMA.field(column).type))
+                        columns[column].append(record.get(column))
                     columns["id"][-1] = item.id
                     columns["row"][-1] = item.row
                     for source, name in names.items():
                         columns[name].append(passthrough_text(item.passthrough.get(source)))
                     if len(columns["id"]) >= WRITE_BATCH_ROWS:
-                        writer.write_batch(pa.RecordBatch.from_pydict(columns, schema=schema))
+                        writer.write_batch(_to_batch(columns, schema))
                         columns = {name: [] for name in schema.names}
                 if columns["id"]:
-                    writer.write_batch(pa.RecordBatch.from_pydict(columns, schema=schema))
+                    writer.write_batch(_to_batch(columns, schema))
             finally:
                 writer.close()
             handle.flush()

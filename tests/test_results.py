@@ -313,3 +313,10 @@ def test_summarize_and_write_summary(tmp_path: Path) -> None:
     assert summary["cost_rows_by_basis"] == {"usage": 1, "estimate": 1}
     path = write_summary(tmp_path, summary | {"exit_reason": "done"})
     assert json.loads(path.read_text()) == summary | {"exit_reason": "done"}
+
+
+def test_results_accept_journal_values_of_a_loose_type(tmp_path: Path) -> None:
+    it = item(1)
+    record = {"id": "id-1", "status": "ok", "content_hash": "h1", "attempts": "2", "cost": 1, "session_id": 5}
+    rows = pq.read_table(write_results(tmp_path, [it], {"id-1": record}, [])).to_pylist()
+    assert rows[0]["attempts"] == 2 and rows[0]["cost"] == 1.0 and rows[0]["session_id"] == "5"
