@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from batchqwen import __version__
-from batchqwen.config import DEFAULT_REGION, REGION_ALIASES, REGION_URLS, RunConfig
+from batchqwen.config import DEFAULT_REGION, REGION_URLS, RunConfig, normalize_region
 from batchqwen.errors import BatchQwenError, BudgetExceeded, LockHeld, ManifestError, UsageError
 from batchqwen.models import DEFAULT_MODEL, REGISTRY
 
@@ -84,7 +84,7 @@ def _modalities(value: str | None) -> tuple[str, ...] | None:
 
 
 def _check_region(region: str) -> str:
-    name = REGION_ALIASES.get(region, region)
+    name = normalize_region(region)
     if name not in REGION_URLS:
         raise click.BadParameter(f"unknown region {region!r}; use one of {', '.join(REGION_URLS)}")
     return name

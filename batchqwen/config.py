@@ -11,13 +11,22 @@ REGION_URLS: dict[str, str] = {
     "cn-beijing": "wss://dashscope.aliyuncs.com/api-ws/v1/realtime",
     "ap-southeast-1": "wss://dashscope-intl.aliyuncs.com/api-ws/v1/realtime",
 }
+#: friendly region names accepted wherever a region is asked for
 REGION_ALIASES: dict[str, str] = {
     "beijing": "cn-beijing",
     "cn": "cn-beijing",
-    "intl": "ap-southeast-1",
+    "china": "cn-beijing",
     "singapore": "ap-southeast-1",
+    "intl": "ap-southeast-1",
+    "international": "ap-southeast-1",
 }
 DEFAULT_REGION = "cn-beijing"
+
+
+def normalize_region(region: str) -> str:
+    """``cn-beijing`` / ``ap-southeast-1``, also accepting ``beijing``, ``singapore``, ``intl``..."""
+    key = region.strip().lower()
+    return REGION_ALIASES.get(key, key)
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,7 @@ class RunConfig:
 
     @property
     def resolved_region(self) -> str:
-        return REGION_ALIASES.get(self.region, self.region)
+        return normalize_region(self.region)
 
     @property
     def url(self) -> str:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batchqwen.config import normalize_region
 from batchqwen.errors import UsageError
 from batchqwen.events import Usage
 from batchqwen.models import ALIASES, ModelInfo, audio_tokens, image_tokens
@@ -37,24 +38,9 @@ PRICE_KEYS: tuple[str, ...] = (
     "output_text_audio",
 )
 REGIONS: tuple[str, ...] = ("cn-beijing", "ap-southeast-1")
-#: friendly region names accepted wherever a region is asked for
-REGION_ALIASES: dict[str, str] = {
-    "beijing": "cn-beijing",
-    "cn": "cn-beijing",
-    "china": "cn-beijing",
-    "singapore": "ap-southeast-1",
-    "intl": "ap-southeast-1",
-    "international": "ap-southeast-1",
-}
 MODALITIES: tuple[str, ...] = ("input_text", "input_audio", "input_image", "output_text", "output_audio")
 
 _SNAPSHOT_SUFFIX = re.compile(r"^-(\d{4}-\d{2}-\d{2}|latest)$")
-
-
-def normalize_region(region: str) -> str:
-    """``cn-beijing`` / ``ap-southeast-1``, also accepting ``beijing``, ``singapore``, ``intl``..."""
-    key = region.strip().lower()
-    return REGION_ALIASES.get(key, key)
 
 
 # ----------------------------------------------------------------------------- prices

@@ -35,6 +35,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batchqwen.config import normalize_region
 from batchqwen.cost import (
     MODALITIES,
     ModelPrice,
@@ -43,7 +44,6 @@ from batchqwen.cost import (
     TokenEstimate,
     cost_breakdown,
     estimate_tokens,
-    normalize_region,
 )
 from batchqwen.errors import BatchQwenError
 from batchqwen.items import Item
