@@ -663,6 +663,8 @@ def test_fault_malformed_frame() -> None:
             with pytest.raises(json.JSONDecodeError):
                 json.loads(frames[-1])
             assert all(json.loads(f)["type"] != "response.done" for f in frames[:-1])
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()
             assert sim.stats.faults == {"malformed": 1}
 
     run(main)
