@@ -123,9 +123,7 @@ def frame_dbfs(pcm: bytes) -> np.ndarray[Any, np.dtype[np.float64]]:
     return np.asarray(20.0 * np.log10(np.maximum(rms, 1e-5)), dtype=np.float64)
 
 
-def speech_segments(
-    pcm: bytes, threshold_dbfs: float, *, min_gap_ms: int = SEGMENT_GAP_MS
-) -> list[tuple[int, int]]:
+def speech_segments(pcm: bytes, threshold_dbfs: float, *, min_gap_ms: int = SEGMENT_GAP_MS) -> list[tuple[int, int]]:
     """(start_ms, end_ms) of each stretch of frames above ``threshold_dbfs``; short pauses merged."""
     voiced = frame_dbfs(pcm) > threshold_dbfs
     if not voiced.any():
@@ -172,9 +170,7 @@ def input_fingerprint(
     return _fingerprint(pcm, (hashlib.sha256(image).digest() for image in images), instructions, texts)
 
 
-def _fingerprint(
-    pcm: bytes, image_digests: Iterable[bytes], instructions: str | None, texts: Iterable[str]
-) -> str:
+def _fingerprint(pcm: bytes, image_digests: Iterable[bytes], instructions: str | None, texts: Iterable[str]) -> str:
     h = hashlib.sha256()
     h.update(b"audio:%d:" % len(pcm))
     h.update(pcm)
@@ -315,9 +311,7 @@ class ServerSession:
         """What the service sends right after the handshake."""
         if self.model is None:
             self.should_close = True
-            return [
-                self._error(f"Model not exist: {self.model_name!r}", code="model_not_found", param="model")
-            ]
+            return [self._error(f"Model not exist: {self.model_name!r}", code="model_not_found", param="model")]
         return [ev.SessionCreated(session=dict(self.session), event_id=ev.new_event_id())]
 
     def receive_frame(self, frame: str | bytes) -> list[ev.Event]:
@@ -382,9 +376,7 @@ class ServerSession:
         if isinstance(event, ev.ResponseCreate):
             return self._respond(event.response or {})
         if isinstance(event, ev.ResponseCancel):
-            raise _Rejected(
-                "Cancellation failed: no active response found.", code="response_cancel_not_active"
-            )
+            raise _Rejected("Cancellation failed: no active response found.", code="response_cancel_not_active")
         if isinstance(event, ev.ConversationItemCreate):
             return self._item_create(event.item)
         if isinstance(event, ev.SessionFinish):
@@ -486,9 +478,7 @@ class ServerSession:
             if fmt is None:
                 continue
             if not isinstance(fmt, dict) or fmt.get("type", "pcm") not in AUDIO_FORMATS:
-                raise _Rejected(
-                    f"Unsupported {side} audio format {fmt!r}.", param=f"session.audio.{side}.format.type"
-                )
+                raise _Rejected(f"Unsupported {side} audio format {fmt!r}.", param=f"session.audio.{side}.format.type")
             if fmt.get("sample_rate", rate) != rate:
                 raise _Rejected(
                     f"Unsupported {side} sample rate {fmt.get('sample_rate')!r}; only {rate} Hz.",
@@ -527,9 +517,7 @@ class ServerSession:
             if update.get(key) is None:
                 continue
             if not self.model.sampling_params:
-                raise _Rejected(
-                    f"Model {self.model_name} does not support parameter '{key}'.", param=f"session.{key}"
-                )
+                raise _Rejected(f"Model {self.model_name} does not support parameter '{key}'.", param=f"session.{key}")
             value = update[key]
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise _Rejected(f"{key} must be a number.", param=f"session.{key}")
@@ -539,9 +527,7 @@ class ServerSession:
         if update.get("max_tokens") is not None:
             value = update["max_tokens"]
             if value != "inf" and (
-                isinstance(value, bool)
-                or not isinstance(value, int)
-                or not 1 <= value <= self.model.max_output_tokens
+                isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= self.model.max_output_tokens
             ):
                 raise _Rejected(
                     f"Invalid max_tokens {value!r}; must be in [1, {self.model.max_output_tokens}].",
@@ -693,9 +679,7 @@ class ServerSession:
                         event_id=ev.new_event_id(),
                     )
                 )
-                events += self._commit(
-                    end - self._buffer_start, vad.item_id, vad.start_byte - self._buffer_start
-                )
+                events += self._commit(end - self._buffer_start, vad.item_id, vad.start_byte - self._buffer_start)
                 try:
                     events += self._respond({})
                 except _Rejected as exc:
@@ -736,9 +720,7 @@ class ServerSession:
                 raise _Rejected(f"Unknown call_id {call_id!r}.", param="item.call_id")
             if not isinstance(output, str):
                 raise _Rejected("function_call_output needs a string output.", param="item.output")
-            self._add_item(
-                _UserItem(item_id, "tool_output", text=output, call_name=self._calls[str(call_id)])
-            )
+            self._add_item(_UserItem(item_id, "tool_output", text=output, call_name=self._calls[str(call_id)]))
         else:
             raise _Rejected(f"Unsupported item type {kind!r}.", param="item.type")
         created = {"id": item_id, "object": "realtime.item", "status": "completed", **item}
@@ -820,11 +802,7 @@ class ServerSession:
             pcm = synthesize(answer.text, self.config.word_ms) if audio_mode else b""
             out_text = count_text_tokens(answer.text)
             out_audio = audio_tokens(self.model, len(pcm) / (OUTPUT_RATE * 2)) if audio_mode else 0
-            part = (
-                {"type": "audio", "transcript": answer.text}
-                if audio_mode
-                else {"type": "text", "text": answer.text}
-            )
+            part = {"type": "audio", "transcript": answer.text} if audio_mode else {"type": "text", "text": answer.text}
             output_item = {
                 "id": item_id,
                 "object": "realtime.item",
@@ -899,21 +877,15 @@ class ServerSession:
     ) -> list[ev.Event]:
         """Text (or transcript) deltas of a few words each, interleaved with ~100 ms audio deltas."""
         words = text.split(" ")
-        pieces = [
-            " ".join(words[i : i + 4]) + (" " if i + 4 < len(words) else "") for i in range(0, len(words), 4)
-        ]
+        pieces = [" ".join(words[i : i + 4]) + (" " if i + 4 < len(words) else "") for i in range(0, len(words), 4)]
         if not audio_mode:
             events: list[ev.Event] = [
-                ev.ResponseTextDelta(
-                    response_id=response_id, item_id=item_id, delta=p, event_id=ev.new_event_id()
-                )
+                ev.ResponseTextDelta(response_id=response_id, item_id=item_id, delta=p, event_id=ev.new_event_id())
                 for p in pieces
             ]
             return [
                 *events,
-                ev.ResponseTextDone(
-                    response_id=response_id, item_id=item_id, text=text, event_id=ev.new_event_id()
-                ),
+                ev.ResponseTextDone(response_id=response_id, item_id=item_id, text=text, event_id=ev.new_event_id()),
             ]
         step = OUTPUT_RATE * 2 * self.config.audio_delta_ms // 1000
         chunks = [pcm[i : i + step] for i in range(0, len(pcm), step)]
@@ -937,9 +909,7 @@ class ServerSession:
                 response_id=response_id, item_id=item_id, transcript=text, event_id=ev.new_event_id()
             )
         )
-        events.append(
-            ev.ResponseAudioDone(response_id=response_id, item_id=item_id, event_id=ev.new_event_id())
-        )
+        events.append(ev.ResponseAudioDone(response_id=response_id, item_id=item_id, event_id=ev.new_event_id()))
         return events
 
     def _answer(self, pending: Sequence[_UserItem], instructions: str) -> _Answer:

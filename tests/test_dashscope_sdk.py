@@ -81,7 +81,7 @@ def conversation(sim: SimulatorThread) -> Iterator[tuple[OmniRealtimeConversatio
     recorder = Recorder()
     conv = OmniRealtimeConversation(model=MODEL, callback=recorder, url=sim.url, api_key=KEY)
     conv.connect()
-    raw = conv.ws.sock  # websocket-client's socket wrapper
+    raw = getattr(conv.ws, "sock", None)  # websocket-client's socket wrapper
     try:
         yield conv, recorder
     finally:
