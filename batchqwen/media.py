@@ -104,11 +104,17 @@ def decode_audio(path: Path) -> bytes:
         # already what the service takes: read the samples as they are, no decoder needed
         with wave.open(str(path), "rb") as wav:
             return wav.readframes(header[0])
-    with _open_container(path, "audio") as container:
-        if not container.streams.audio:
-            raise MediaError(f"no audio stream in {path}")
-        stream = container.streams.audio[0]
-        pcm = b"".join(_decode_audio_stream(container, stream, path))
+    # headers only first (FFmpeg's full stream analysis costs ~30 ms on a WAV); the full analysis is
+    # the fallback for containers whose audio stream shows up only later in the file
+    for quick in (True, False):
+        with _open_container(path, "audio", quick=quick) as container:
+            if not container.streams.audio:
+                if quick:
+                    continue
+                raise MediaError(f"no audio stream in {path}")
+            stream = container.streams.audio[0]
+            pcm = b"".join(_decode_audio_stream(container, stream, path))
+            break
     if not pcm:
         raise MediaError(f"corrupt or unsupported audio: {path} (no audio samples could be decoded)")
     return pcm
@@ -127,7 +133,9 @@ def _pcm_wav_header(path: Path) -> tuple[int, int, int, int] | None:
 
 
 def _new_resampler() -> av.AudioResampler:
-    return av.AudioResampler(format="s16", layout="mono", rate=INPUT_SAMPLE_RATE)
+    # frame_size: hand back one-second frames instead of one per codec frame (an MP3 frame is 26 ms),
+    # which cuts the per-frame Python work of converting them: ~40% of a 5 s MP3's decode time
+    return av.AudioResampler(format="s16", layout="mono", rate=INPUT_SAMPLE_RATE, frame_size=INPUT_SAMPLE_RATE)
 
 
 def _pcm_of(frames: list[av.AudioFrame]) -> bytes:
