@@ -9,12 +9,19 @@ turning the last session of a window into a refusal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from batchqwen.errors import BudgetExceeded
+from batchqwen.errors import BatchQwenError, BudgetExceeded
+
+
+class AdmissionClosed(BatchQwenError):
+    """The run is stopping (signal, fatal error): no new session may start, not even a retry."""
+
+    kind = "stopped"
 
 
 @dataclass
@@ -58,6 +65,7 @@ class Limiter:
         self._tokens_in_window = 0
         self._cool_until = 0.0
         self._admit = asyncio.Lock()  # one admission at a time keeps the windows exact
+        self._closed = asyncio.Event()
         self.spent = 0.0
         self.in_flight_cost = 0.0
         self.sessions_started = 0
@@ -101,12 +109,16 @@ class Limiter:
         try:
             async with self._admit:
                 while True:
+                    if self._closed.is_set():
+                        raise AdmissionClosed("the run is stopping: no new sessions")
                     self.check_budget(cost)
                     now = self._clock()
                     wait = self._wait_needed(now, tokens)
                     if wait <= 0:
                         break
-                    await asyncio.sleep(wait)
+                    # woken early by close(); a cool-down set meanwhile is seen on the next pass
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._closed.wait(), wait)
                 self._starts.append(now)
                 self._tokens.append((now, tokens))
                 self._tokens_in_window += tokens
@@ -129,6 +141,14 @@ class Limiter:
                     self._tokens_in_window += tokens - amount
                     break
         self._slots.release()
+
+    def close(self) -> None:
+        """Refuse every waiting and future ``acquire`` (AdmissionClosed); sessions already open go on."""
+        self._closed.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
 
     def cool_down(self, seconds: float) -> None:
         """Pause every new admission for ``seconds`` (after throttling), not just the refused worker's."""

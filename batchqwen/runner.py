@@ -25,8 +25,9 @@ from batchqwen import cost, manifest, media, results
 from batchqwen.client import ClientSettings, run_turn
 from batchqwen.config import RunConfig
 from batchqwen.errors import BatchQwenError, BudgetExceeded, ItemError, UsageError
+from batchqwen.events import Usage
 from batchqwen.items import Item, PreparedInput, TurnRequest
-from batchqwen.limiter import Limiter
+from batchqwen.limiter import AdmissionClosed, Limiter
 from batchqwen.lock import RunLock
 from batchqwen.models import ModelInfo, get_model, validate_modalities, validate_voice
 from batchqwen.retry import backoff_delays, classify, is_throttling
@@ -35,6 +36,8 @@ log = logging.getLogger("batchqwen")
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_ABORTED = 0, 1, 2, 3
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+SESSION_LIFETIME_SECONDS = 30 * 60  # the shortest documented service lifetime (2025 docs; 2026 says 120 min)
+SESSION_LIFETIME_MARGIN = 60.0
 
 
 class FatalRunError(BatchQwenError):
@@ -48,6 +51,19 @@ class FatalRunError(BatchQwenError):
 
 
 @dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff settings. Failures (dropped, server_error, timeouts) are bounded by --max-attempts;
+    throttling refusals are not billed and are bounded by ``max_throttled`` instead, with a longer,
+    shared cool-down (the account's window has to roll on before anyone may start again)."""
+
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    throttle_base_delay: float = 2.0
+    throttle_max_delay: float = 60.0
+    max_throttled: int = 30
+
+
+@dataclass(frozen=True)
 class ItemContext:
     """What ``process_item`` needs besides the item: settings only, no shared mutable state."""
 
@@ -56,6 +72,7 @@ class ItemContext:
     prices: cost.PriceBook
     output: cost.OutputAssumption
     out_dir: Path
+    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy())
 
 
 @dataclass
@@ -171,29 +188,57 @@ async def process_item(
     if event_log is not None:
         settings = replace(settings, event_log=lambda direction, event: event_log(item.id, direction, event))
 
-    delays = backoff_delays()
-    attempts = 0
+    policy = ctx.retry
+    delays = backoff_delays(base=policy.base_delay, cap=policy.max_delay)
+    throttle_delays = backoff_delays(base=policy.throttle_base_delay, cap=policy.throttle_max_delay)
+    attempts = failures = throttled = 0
+    failed_tokens: int | None = None
     while True:
+        # raises AdmissionClosed once the run stops: the item stays unfinished and runs next time
         reservation = await limiter.acquire(tokens=estimate.total, cost=est_cost or 0.0)
         attempts += 1
         try:
             result = await run_turn(request, settings)
         except BatchQwenError as exc:
-            limiter.release(reservation, tokens=None, cost=0.0)
+            usage_seen = getattr(exc, "usage", None)  # a failed attempt's usage, when the client knows it
+            spent = usage_seen.total_tokens if isinstance(usage_seen, Usage) else None
+            if spent is not None:
+                failed_tokens = (failed_tokens or 0) + spent
+            limiter.release(reservation, tokens=spent, cost=0.0)
             kind = classify(exc)
             if kind == "fatal":
                 raise FatalRunError(exc) from exc
-            if kind == "retryable" and attempts < config.max_attempts:
-                delay = next(delays)
-                if is_throttling(exc):
+            if kind == "retryable" and is_throttling(exc):
+                # Refused before any work: not billed, so not one of --max-attempts; bounded on its own.
+                # The cool-down pauses every worker, since the quota is the account's, not this item's.
+                throttled += 1
+                if throttled < policy.max_throttled:
+                    delay = next(throttle_delays)
                     limiter.cool_down(delay)
-                log.info("item %s: attempt %d failed (%s); retrying in %.1f s", item.id, attempts, exc, delay)
-                await asyncio.sleep(delay)
-                continue
-            return results.failed_row(item, exc, attempts=attempts, secrets=secrets, finished_at=_now(), **known)
+                    log.info("item %s: throttled (%s); every worker pauses %.1f s", item.id, exc, delay)
+                    continue
+            elif kind == "retryable":
+                failures += 1
+                if failures < config.max_attempts:
+                    delay = next(delays)
+                    log.info("item %s: attempt %d failed (%s); retrying in %.1f s", item.id, attempts, exc, delay)
+                    await asyncio.sleep(delay)
+                    continue
+            log.warning("item %s failed after %d attempt(s): %s", item.id, attempts, results.redact(str(exc), secrets))
+            return results.failed_row(
+                item,
+                exc,
+                attempts=attempts,
+                secrets=secrets,
+                finished_at=_now(),
+                failed_attempt_tokens=failed_tokens,
+                **known,
+            )
         break
 
-    row = results.ResultRow.from_item(item, results.STATUS_OK, attempts=attempts, **known)
+    row = results.ResultRow.from_item(
+        item, results.STATUS_OK, attempts=attempts, failed_attempt_tokens=failed_tokens, **known
+    )
     usage = result.usage
     if usage is not None:
         tokens, row.cost_basis = cost.usage_tokens(usage, estimate=estimate, modalities=plan.modalities)
@@ -324,7 +369,8 @@ def client_settings(config: RunConfig, url: str, api_key: str) -> ClientSettings
         open_timeout=config.connect_timeout,
         first_event_timeout=config.first_event_timeout,
         idle_timeout=config.idle_timeout,
-        session_timeout=config.item_timeout,
+        # a session must end before the service's own lifetime cut does
+        session_timeout=min(config.item_timeout, SESSION_LIFETIME_SECONDS - SESSION_LIFETIME_MARGIN),
         pace=config.pace,
     )
 
@@ -360,17 +406,46 @@ def _pending_items(
         yield item
 
 
-async def run(config: RunConfig) -> RunOutcome:
-    """Run a whole manifest. Raises ManifestError / UsageError / LockHeld before any session opens."""
+async def run(
+    config: RunConfig,
+    *,
+    retry: RetryPolicy | None = None,
+    window: float = 60.0,
+    window_margin: float = 0.5,
+    checkpoint_seconds: float = 30.0,
+) -> RunOutcome:
+    """Run a whole manifest. Raises ManifestError / UsageError / LockHeld before any session opens.
+
+    ``window`` is the length of the service's rate-limit window (RPM/TPM count over it), ``window_margin``
+    what the limiter adds to it against clock skew and connect latency; ``checkpoint_seconds`` how often
+    results.parquet is rewritten (atomically) while the run goes on.
+    """
     started = time.monotonic()
     summary_check = manifest.check_manifest(config.manifest)
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out, wait=config.wait_lock):
-        return await _run_locked(config, summary_check, started)
+        return await _run_locked(
+            config,
+            summary_check,
+            started,
+            retry=retry or RetryPolicy(),
+            window=window,
+            window_margin=window_margin,
+            checkpoint_seconds=checkpoint_seconds,
+        )
 
 
-async def _run_locked(config: RunConfig, checked: manifest.ManifestSummary, started: float) -> RunOutcome:
+async def _run_locked(
+    config: RunConfig,
+    checked: manifest.ManifestSummary,
+    started: float,
+    *,
+    retry: RetryPolicy,
+    window: float,
+    window_margin: float,
+    checkpoint_seconds: float,
+) -> RunOutcome:
     out = config.out
     prices = cost.load_prices(config.prices)
     output = cost.OutputAssumption(output_seconds_per_item=config.output_seconds)
@@ -414,35 +489,51 @@ async def _run_locked(config: RunConfig, checked: manifest.ManifestSummary, star
                 f" by {remaining - config.max_cost:.4f}; nothing was started (see {out / 'estimate.parquet'})"
             )
 
+    def checkpoint() -> Path:
+        return results.write_results(
+            out, manifest.iter_items(config.manifest), dict(done_rows), checked.passthrough_columns
+        )
+
+    if done_rows:  # a resumed run: results.parquet reflects the journal from the start
+        await asyncio.to_thread(checkpoint)
+
     async with _endpoint(config) as (url, api_key):
-        ctx = ItemContext(config, client_settings(config, url, api_key), prices, output, out)
+        ctx = ItemContext(config, client_settings(config, url, api_key), prices, output, out, retry)
         model = get_model(config.model)
         limiter = Limiter(
             concurrency=config.concurrency,
             rpm=config.rpm if config.rpm is not None else (None if config.simulate else model.default_rpm),
             tpm=config.tpm if config.tpm is not None else (None if config.simulate else model.default_tpm),
             max_cost=config.max_cost,
+            window=window,
+            margin=window_margin,
         )
         items = _pending_items(manifest.iter_items(config.manifest, limit=config.limit), done_rows, progress, counters)
         in_flight: set[asyncio.Task[results.ResultRow]] = set()
         stopping = asyncio.Event()
 
-        def stop(signum: int) -> None:
+        def stop_run(reason: str) -> None:
+            if not stop_reason:
+                stop_reason.append(reason)
+            stopping.set()
+            limiter.close()  # waiting and retrying items start no session from now on
+
+        def on_signal(signum: int) -> None:
             if exit_signal:  # a second signal: stop waiting for in-flight items
                 for task in in_flight:
                     task.cancel()
                 return
             exit_signal.append(signum)
-            stop_reason.append(f"signal: {signal.Signals(signum).name}")
+            stop_reason.insert(0, f"signal: {signal.Signals(signum).name}")
             log.warning(
                 "%s received: no new items; waiting up to %g s for %d in flight",
                 signal.Signals(signum).name,
                 config.grace_seconds,
                 len(in_flight),
             )
-            stopping.set()
+            stop_run(stop_reason[0])
 
-        remove_handlers = _install_signal_handlers(stop)
+        remove_handlers = _install_signal_handlers(on_signal)
 
         async def worker() -> None:
             while not stopping.is_set():
@@ -454,31 +545,34 @@ async def _run_locked(config: RunConfig, checked: manifest.ManifestSummary, star
                 try:
                     row = await task
                 except FatalRunError as exc:
-                    if not stop_reason:
-                        stop_reason.append(f"fatal: {results.redact(str(exc.cause), secrets)}")
-                    stopping.set()
+                    message = results.redact(str(exc.cause), secrets)
+                    if not stopping.is_set():
+                        log.error("stopping the run: %s", message)
+                    stop_run(f"fatal: {message}")
                     for other in in_flight:
                         if other is not task:
                             other.cancel()
                     return
                 except BudgetExceeded as exc:
-                    if not stop_reason:
-                        stop_reason.append(f"budget: {exc}")
-                    stopping.set()
+                    stop_run(f"budget: {exc}")
                     return
+                except AdmissionClosed:
+                    return  # the run is stopping; this item stays unfinished and runs next time
                 except asyncio.CancelledError:
                     if task.cancelled() and stopping.is_set():
-                        return  # cancelled on purpose: the item stays unfinished and reruns next time
+                        return  # cancelled on purpose: the item stays unfinished and runs next time
                     raise
                 finally:
                     in_flight.discard(task)
                 record = row.to_record()
-                journal.append(record)
+                # durable on disk before the item counts as done (fsync off the event loop)
+                await asyncio.to_thread(journal.append, record)
                 done_rows[row.id] = record
                 counters["ran"] += 1
                 progress.update(record)
 
         workers = [asyncio.create_task(worker()) for _ in range(config.concurrency)]
+        last_checkpoint = time.monotonic()
         try:
             all_done = asyncio.gather(*workers)
             while not all_done.done():
@@ -487,16 +581,18 @@ async def _run_locked(config: RunConfig, checked: manifest.ManifestSummary, star
                     await asyncio.wait([all_done], timeout=config.grace_seconds)
                     for task in in_flight:
                         task.cancel()
+                if time.monotonic() - last_checkpoint >= checkpoint_seconds and not all_done.done():
+                    await asyncio.to_thread(checkpoint)
+                    last_checkpoint = time.monotonic()
             await all_done
         finally:
             remove_handlers()
             progress.close()
+            journal.close()
             if event_log is not None:
                 event_log.close()
 
-    results_path = results.write_results(
-        out, manifest.iter_items(config.manifest), done_rows, checked.passthrough_columns
-    )
+    results_path = await asyncio.to_thread(checkpoint)
     summary = results.summarize(done_rows.values())
     reason = stop_reason[0] if stop_reason else "completed"
     if exit_signal:
