@@ -189,3 +189,22 @@ def test_real_subprocess_against_simulator(good_job: Path, tmp_path: Path) -> No
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
     assert KEY not in proc.stdout + proc.stderr
+
+
+def test_demo_job_runs_clean_and_its_input_estimate_is_exact(tmp_path: Path) -> None:
+    """What `make demo` does: every demo item ok, WAVs 24 kHz mono 16-bit, input estimate == reported usage."""
+    manifest = Path(__file__).resolve().parent.parent / "jobs" / "demo" / "manifest.csv"
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["run", str(manifest), "--simulate", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = _read_results(out)
+    demo_ids = [line.split(",", 1)[0] for line in manifest.read_text(encoding="utf-8").splitlines()[1:] if line]
+    assert sorted(rows) == sorted(demo_ids)
+    for row in rows.values():
+        assert row["status"] == "ok"
+        with wave.open(str(out / str(row["output_wav"]))) as wav:
+            assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (24_000, 1, 2)
+        estimated = sum(int(row[f"est_input_{m}_tokens"]) for m in ("text", "audio", "image"))  # type: ignore[call-overload]
+        assert estimated == row["usage_input_tokens"], row["id"]
+    report = CliRunner().invoke(main, ["report", str(out)])
+    assert "input estimate matches exactly" in report.output
