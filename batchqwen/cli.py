@@ -160,7 +160,9 @@ def _default_out(manifest: Path) -> Path:
 )
 @click.option("--rpm", type=click.IntRange(min=1), default=None, help="Sessions started per minute (default: model's).")
 @click.option("--tpm", type=click.IntRange(min=1), default=None, help="Tokens per minute (default: model's).")
-@click.option("--max-attempts", type=click.IntRange(1, 20), default=4, show_default=True)
+@click.option(
+    "--max-attempts", type=click.IntRange(1, 20), default=4, show_default=True, help="Sessions tried per item."
+)
 @click.option("--max-cost", type=click.FloatRange(min=0), default=None, help="Budget cap in the price currency.")
 @click.option("--base-url", default=None, help="WebSocket URL of the service (overrides --region).")
 @click.option(
@@ -188,7 +190,13 @@ def _default_out(manifest: Path) -> Path:
     show_default=True,
     help="Audio streaming speed: 0 as fast as possible, 1 real time.",
 )
-@click.option("--item-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True)
+@click.option(
+    "--item-timeout",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="Seconds one session may take.",
+)
 @click.option("--wait-lock", is_flag=True, help="Wait for another run on the same --out instead of exiting.")
 @click.option(
     "--grace",
@@ -198,9 +206,18 @@ def _default_out(manifest: Path) -> Path:
     help="Seconds in-flight items may finish after SIGINT/SIGTERM.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and the final summary line.")
-@click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), default=None)
+@click.option(
+    "--log-file", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Also log to this file."
+)
 def run(manifest: Path, out: Path | None, **options: Any) -> None:
-    """Run every item of MANIFEST (CSV, JSONL or Parquet) through a realtime session."""
+    """Run every item of MANIFEST (CSV, JSONL or Parquet) through a realtime session.
+
+    Results go to OUT/results.parquet, speech to OUT/audio/, a summary to OUT/summary.json. Running again
+    with the same --out resumes: items already ok are skipped.
+
+    Exit codes: 0 all ok, 1 some items failed, 2 usage error, 3 aborted (key refused, arrears, budget),
+    130/143 interrupted.
+    """
     out = out or _default_out(manifest)
     if options["dry_run"]:
         _estimate(manifest, out, options)
