@@ -17,13 +17,12 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from media_factory import write_audio
 
 from batchqwen import manifest, media, runner, simulator
 from batchqwen.config import RunConfig
 from batchqwen.sim_core import input_fingerprint
 from batchqwen.simulator import SimulatorConfig, SimulatorThread
-
-from media_factory import write_audio
 
 KEY = "sk-nightly-0123456789abcdef"
 PYTHON = sys.executable
