@@ -65,7 +65,8 @@ class Limiter:
         self._tokens_in_window = 0
         self._cool_until = 0.0
         self._admit = asyncio.Lock()  # one admission at a time keeps the windows exact
-        self._closed = asyncio.Event()
+        self._closed = False
+        self._wake = asyncio.Event()  # set by close() and by a release that frees tokens
         self.spent = 0.0
         self.in_flight_cost = 0.0
         self.sessions_started = 0
@@ -109,16 +110,17 @@ class Limiter:
         try:
             async with self._admit:
                 while True:
-                    if self._closed.is_set():
+                    if self._closed:
                         raise AdmissionClosed("the run is stopping: no new sessions")
                     self.check_budget(cost)
                     now = self._clock()
                     wait = self._wait_needed(now, tokens)
                     if wait <= 0:
                         break
-                    # woken early by close(); a cool-down set meanwhile is seen on the next pass
+                    # woken early by close() or by freed tokens; a cool-down set meanwhile is seen next pass
+                    self._wake.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._closed.wait(), wait)
+                        await asyncio.wait_for(self._wake.wait(), wait)
                 self._starts.append(now)
                 self._tokens.append((now, tokens))
                 self._tokens_in_window += tokens
@@ -139,16 +141,19 @@ class Limiter:
                 if charged_at == reservation.charged_at and amount == reservation.tokens:
                     self._tokens[index] = (charged_at, tokens)
                     self._tokens_in_window += tokens - amount
+                    if tokens < amount:
+                        self._wake.set()
                     break
         self._slots.release()
 
     def close(self) -> None:
         """Refuse every waiting and future ``acquire`` (AdmissionClosed); sessions already open go on."""
-        self._closed.set()
+        self._closed = True
+        self._wake.set()
 
     @property
     def closed(self) -> bool:
-        return self._closed.is_set()
+        return self._closed
 
     def cool_down(self, seconds: float) -> None:
         """Pause every new admission for ``seconds`` (after throttling), not just the refused worker's."""
