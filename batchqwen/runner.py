@@ -401,8 +401,11 @@ def _pending_items(
             progress.update(dict(previous or {}), skipped=True)
             continue
         if previous is not None and previous.get("content_hash") != item.content_hash:
-            counters["changed"] += 1
-            log.warning("item %s (row %d) changed since its last result: running it again", item.id, item.row)
+            if previous.get("status") == results.STATUS_OK:  # an ok result of other content: rerun and say so
+                counters["changed"] += 1
+                log.warning("item %s (row %d) changed since its last ok result: running it again", item.id, item.row)
+            else:
+                log.info("item %s (row %d) changed since its last failed attempt", item.id, item.row)
         yield item
 
 

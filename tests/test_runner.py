@@ -1,0 +1,172 @@
+"""The scheduler in-process against the simulator on port 0: retries, resume, permanent and fatal errors."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from media_factory import write_audio
+
+from batchqwen import runner
+from batchqwen.config import RunConfig
+from batchqwen.errors import (
+    BudgetExceeded,
+    ConnectionDropped,
+    HandshakeRejected,
+    InputFileError,
+    MediaError,
+    ProtocolError,
+    ServerError,
+    TimedOut,
+)
+from batchqwen.retry import backoff_delays, classify, is_throttling
+from batchqwen.simulator import Simulator, SimulatorConfig
+
+KEY = "sk-runner-test-key-0001"
+FAST = runner.RetryPolicy(base_delay=0.01, max_delay=0.05, throttle_base_delay=0.05, throttle_max_delay=0.1)
+
+
+def make_manifest(folder: Path, count: int, *, missing: tuple[int, ...] = ()) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index in range(count):
+        path = folder / f"clip{index}.wav"
+        if index not in missing:
+            write_audio(path, seconds=0.2, rate=16_000, channels=1, seed=index)
+        rows.append({"id": f"i{index}", "audio": path.name})
+    target = folder / "manifest.csv"
+    with target.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["id", "audio"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return target
+
+
+def config_for(source: Path, out: Path, url: str, **overrides: object) -> RunConfig:
+    values: dict[str, object] = {
+        "manifest": source,
+        "out": out,
+        "base_url": url,
+        "api_key": KEY,
+        "concurrency": 4,
+        "rpm": 10**6,
+        "tpm": 10**9,
+        "idle_timeout": 1.0,
+        "pad_silence_seconds": 0.0,
+    }
+    values.update(overrides)
+    return RunConfig(**values)  # type: ignore[arg-type]
+
+
+def run_with(sim_config: SimulatorConfig, source: Path, out: Path, **overrides: object) -> runner.RunOutcome:
+    async def main() -> runner.RunOutcome:
+        async with Simulator(sim_config) as sim:
+            url = overrides.pop("url_suffix", "")
+            return await runner.run(config_for(source, out, sim.url + str(url), **overrides), retry=FAST)
+
+    return asyncio.run(asyncio.wait_for(main(), 60))
+
+
+# ----------------------------------------------------------------------------- classification (pure)
+
+
+@pytest.mark.parametrize(
+    "exc, kind",
+    [
+        (ConnectionDropped("abnormal closure 1006"), "retryable"),
+        (TimedOut("idle", 1.0), "retryable"),
+        (HandshakeRejected(429), "retryable"),
+        (HandshakeRejected(503), "retryable"),
+        (ServerError("boom", error_type="server_error", code="InternalError"), "retryable"),
+        (ServerError("slow down", error_type="invalid_request_error", code="Throttling.RateQuota"), "retryable"),
+        (ServerError("bad voice", error_type="invalid_request_error", code="invalid_value"), "permanent"),
+        (ServerError("flagged", error_type="data_inspection_error", code="DataInspectionFailed"), "permanent"),
+        (MediaError("cannot decode"), "permanent"),
+        (InputFileError("missing"), "permanent"),
+        (ProtocolError("malformed JSON"), "permanent"),
+        (HandshakeRejected(401), "fatal"),
+        (HandshakeRejected(403), "fatal"),
+        (ServerError("bad key", error_type="invalid_request_error", code="InvalidApiKey"), "fatal"),
+        (ServerError("pay up", error_type="invalid_request_error", code="Arrearage"), "fatal"),
+        (ServerError("no quota", error_type="invalid_request_error", code="AllocationQuota.Exhausted"), "fatal"),
+        (BudgetExceeded("cap"), "fatal"),
+    ],
+)
+def test_classify(exc: BaseException, kind: str) -> None:
+    assert classify(exc) == kind
+
+
+def test_throttling_is_recognised_and_backoff_is_bounded() -> None:
+    assert is_throttling(HandshakeRejected(429))
+    assert is_throttling(ServerError("x", code="Throttling"))
+    assert not is_throttling(HandshakeRejected(503))
+    delays = backoff_delays(base=0.5, cap=4.0, jitter="none")
+    assert [next(delays) for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    jittered = backoff_delays(base=0.5, cap=4.0)
+    assert all(0.0 <= next(jittered) <= 4.0 for _ in range(200))
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def test_retries_exhausted_give_a_failed_row_with_attempts(tmp_path: Path) -> None:
+    source = make_manifest(tmp_path / "in", 3)
+    outcome = run_with(SimulatorConfig(disconnect_rate=1.0), source, tmp_path / "out", max_attempts=3)
+    assert outcome.exit_code == runner.EXIT_SOME_FAILED
+    rows = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
+    assert [(r["status"], r["attempts"], r["error_type"]) for r in rows] == [("failed", 3, "connection_dropped")] * 3
+
+
+def test_throttling_forever_fails_the_item_after_its_own_bound_and_cools_everyone(tmp_path: Path) -> None:
+    source = make_manifest(tmp_path / "in", 2)
+    outcome = run_with(SimulatorConfig(), source, tmp_path / "out", url_suffix="?sim_fault=throttle", max_attempts=2)
+    rows = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
+    # throttling does not use up --max-attempts (2): it has its own bound
+    assert [(r["status"], r["error_code"], r["attempts"]) for r in rows] == [("failed", "429", FAST.max_throttled)] * 2
+    assert outcome.summary["throttle_cooldowns"] > 0
+
+
+def test_resume_skips_ok_retries_failed_and_notices_changed_content(tmp_path: Path) -> None:
+    source = make_manifest(tmp_path / "in", 5, missing=(3,))
+    out = tmp_path / "out"
+    first = run_with(SimulatorConfig(), source, out)
+    assert first.exit_code == runner.EXIT_SOME_FAILED
+    rows = {r["id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
+    assert rows["i3"]["status"] == "failed" and rows["i3"]["error_type"] == "input_file"
+    assert sum(r["status"] == "ok" for r in rows.values()) == 4
+
+    write_audio(tmp_path / "in" / "clip3.wav", seconds=0.2, rate=16_000, channels=1, seed=3)  # now present
+    write_audio(tmp_path / "in" / "clip1.wav", seconds=0.4, rate=16_000, channels=1, seed=99)  # changed
+    second = run_with(SimulatorConfig(), source, out)
+    assert second.exit_code == runner.EXIT_OK
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["items_skipped_already_ok"] == 3
+    assert summary["items_run_now"] == 2
+    assert summary["items_changed_since_last_ok"] == 1
+    rows = {r["id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
+    assert all(r["status"] == "ok" for r in rows.values())
+    assert rows["i1"]["input_audio_seconds"] == pytest.approx(0.4, abs=0.01)
+
+    third = run_with(SimulatorConfig(), source, out)
+    assert third.summary["items_run_now"] == 0 and third.summary["items_skipped_already_ok"] == 5
+
+
+def test_budget_cap_refuses_before_any_session(tmp_path: Path) -> None:
+    source = make_manifest(tmp_path / "in", 3)
+    with pytest.raises(BudgetExceeded, match="exceeds --max-cost"):
+        run_with(SimulatorConfig(), source, tmp_path / "out", max_cost=1e-9)
+    assert not (tmp_path / "out" / "journal.jsonl").exists()
+
+
+def test_fatal_key_error_stops_at_once_and_keeps_the_key_out(tmp_path: Path) -> None:
+    source = make_manifest(tmp_path / "in", 40)
+    outcome = run_with(SimulatorConfig(api_keys=("sk-the-right-one",)), source, tmp_path / "out")
+    assert outcome.exit_code == runner.EXIT_ABORTED
+    assert outcome.reason.startswith("fatal: handshake rejected: the API key was refused")
+    assert KEY not in json.dumps(outcome.summary)
+    rows = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
+    assert {r["status"] for r in rows} == {"pending"}  # nothing was billed, nothing marked failed
