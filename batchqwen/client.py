@@ -55,6 +55,8 @@ except importlib.metadata.PackageNotFoundError:  # running from a source tree
 
 EventLog = Callable[[str, dict[str, Any]], None]
 
+_LAST_LOOK_SECONDS = 0.05  # after a timeout, how long to look for frames that were already on their way
+
 
 def url_for(base_url_or_region: str, model: str) -> str:
     """The realtime URL for a region name or a base URL, with ``?model=`` (the only way to pick a model)."""
@@ -247,8 +249,16 @@ class _Pump:
                 async with asyncio.timeout(wait):
                     frame = await ws.recv()
             except TimeoutError:
-                self._expire(what, limit)
-                continue
+                # a busy loop can fire the timer in the same turn a frame arrived: take what is already
+                # here before giving up, or a finished (and billed) answer would be dropped and redone
+                try:
+                    async with asyncio.timeout(_LAST_LOOK_SECONDS):
+                        frame = await ws.recv()
+                except TimeoutError:
+                    self._expire(what, limit)
+                    continue
+                except ConnectionClosed:
+                    continue  # the next recv reports the close
             except ConnectionClosed as exc:
                 rcvd = exc.rcvd
                 core.connection_lost(rcvd.code if rcvd else None, _scrub(rcvd.reason, self.settings) if rcvd else "")
@@ -329,9 +339,10 @@ async def run_turn(
         await _close(ws)
     if not core.completed:
         failure = core.failure
-        if isinstance(failure, BatchQwenError):
-            raise failure
-        raise ConnectionDropped(f"session ended in state {core.state.value} without a result")
+        if not isinstance(failure, BatchQwenError):
+            failure = ConnectionDropped(f"session ended in state {core.state.value} without a result")
+        failure.usage = core.usage  # what the failed attempt was billed, when a response.done came
+        raise failure
     result = core.result()
     result.connect_seconds = connect_seconds
     result.total_seconds = loop.time() - start

@@ -24,12 +24,19 @@ attempt is decided by the pure functions in ``retry.py``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from batchqwen.events import Usage
+
 
 class BatchQwenError(Exception):
     """Root of every error batchqwen raises on purpose."""
 
     #: short machine-readable kind written to result rows (``error_type`` column)
     kind: str = "error"
+    #: usage the service reported before a session failed (a failed attempt can still be billed)
+    usage: Usage | None = None
 
 
 class UsageError(BatchQwenError):

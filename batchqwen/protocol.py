@@ -277,6 +277,11 @@ class ClientTurn:
             return Outgoing(SessionFinish(), self._at)
         return None
 
+    @property
+    def usage(self) -> Usage | None:
+        """Usage reported so far (summed over the responses that finished), whatever the state."""
+        return self._usage
+
     def result(self) -> TurnResult:
         """What the turn produced; available once :attr:`completed`."""
         if not self.completed:

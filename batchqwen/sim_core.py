@@ -80,8 +80,9 @@ class SimulatorConfig:
     api_keys: tuple[str, ...] = ()  # empty: any non-empty bearer key is accepted
     latency_seconds: float = 0.0  # before the first event of each response
     delta_delay_seconds: float = 0.0  # between two delta events of a response
-    rpm: int | None = None  # sessions per sliding minute; None: unlimited
+    rpm: int | None = None  # sessions per sliding window (a minute); None: unlimited
     tpm: int | None = None  # tokens (of delivered responses) per sliding minute; None: unlimited
+    window_seconds: float = 60.0  # the quota window; shorter only to test or benchmark quotas quickly
     throttle_mode: ThrottleMode = "handshake"  # handshake: HTTP 429; error: `error` Throttling.* then close
     disconnect_rate: float = 0.0  # abrupt TCP drop mid-response, no close frame
     server_error_rate: float = 0.0  # `error` of type server_error mid-response, then close

@@ -97,14 +97,15 @@ class _Job:
 
 
 class _Window:
-    """A sliding one-minute sum (of sessions or of tokens)."""
+    """A sliding sum over the last ``seconds`` (of sessions or of tokens)."""
 
-    def __init__(self) -> None:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
         self._entries: collections.deque[tuple[float, int]] = collections.deque()
         self.total = 0
 
     def current(self, now: float) -> int:
-        while self._entries and self._entries[0][0] <= now - 60.0:
+        while self._entries and self._entries[0][0] <= now - self.seconds:
             self.total -= self._entries.popleft()[1]
         return self.total
 
@@ -122,8 +123,8 @@ class Simulator:
         self.port = port
         self.stats = SimulatorStats()
         self._rng = random.Random(self.config.seed)
-        self._sessions = _Window()
-        self._tokens = _Window()
+        self._sessions = _Window(self.config.window_seconds)
+        self._tokens = _Window(self.config.window_seconds)
         self._admissions: dict[Any, _Admission] = {}
         self._server: Server | None = None
 

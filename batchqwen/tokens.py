@@ -61,6 +61,5 @@ def count_text_tokens(text: str | None) -> int:
     if encoding is None:
         return math.ceil(len(text.encode("utf-8")) / _FALLBACK_BYTES_PER_TOKEN)
     return sum(
-        len(encoding.encode_ordinary(text[start : start + _CHUNK_CHARS]))
-        for start in range(0, len(text), _CHUNK_CHARS)
+        len(encoding.encode_ordinary(text[start : start + _CHUNK_CHARS])) for start in range(0, len(text), _CHUNK_CHARS)
     )

@@ -4,8 +4,8 @@
     .venv/bin/python bench/bench_rate_limit.py --quick    # scaled-down windows only (~1 min)
 
 Each row: workers loop acquire -> a real session (run_turn over a socket) -> release, for ``windows`` windows;
-the simulator (own thread and loop) refuses with HTTP 429 past ``quota`` sessions per sliding window. The
-simulator's window is fixed at 60 s (no knob yet), so scaled rows swap in a shorter window object.
+the simulator (own thread and loop) refuses with HTTP 429 past ``quota`` sessions per sliding
+window (``window_seconds``).
 
 Figures:
 - in_k_windows: sessions accepted in the first k windows after the first start, over k * quota (bursty
@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from batchqwen import simulator
 from batchqwen.client import ClientSettings, run_turn
 from batchqwen.errors import HandshakeRejected
 from batchqwen.items import PreparedInput, TurnRequest
@@ -35,17 +34,6 @@ from batchqwen.simulator import SimulatorConfig, SimulatorThread
 
 MODEL = "qwen3-omni-flash-realtime"
 KEY = "sk-bench"
-
-
-class ScaledWindow(simulator._Window):
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self.seconds = seconds
-
-    def current(self, now: float) -> int:
-        while self._entries and self._entries[0][0] <= now - self.seconds:
-            self.total -= self._entries.popleft()[1]
-        return self.total
 
 
 @dataclass
@@ -100,10 +88,8 @@ async def drive(row: Row, url: str) -> list[float]:
 
 
 def measure(row: Row) -> Row:
-    config = SimulatorConfig(api_keys=(KEY,), rpm=row.quota)
+    config = SimulatorConfig(api_keys=(KEY,), rpm=row.quota, window_seconds=row.window)
     with SimulatorThread(config) as sim:
-        if row.window != 60.0:
-            sim.simulator._sessions = ScaledWindow(row.window)
         starts = asyncio.run(drive(row, sim.url))
         refused = sim.stats.handshakes_refused.get(429, 0)
     starts.sort()

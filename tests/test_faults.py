@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from media_factory import write_audio
 
-from batchqwen import manifest, media, runner, simulator
+from batchqwen import manifest, media, runner
 from batchqwen.config import RunConfig
 from batchqwen.sim_core import input_fingerprint
 from batchqwen.simulator import SimulatorConfig, SimulatorThread
@@ -28,19 +28,6 @@ KEY = "sk-nightly-0123456789abcdef"
 PYTHON = sys.executable
 VOLATILE = {"session_id", "response_ids", "started_at", "finished_at", "connect_seconds", "first_text_seconds"}
 VOLATILE |= {"first_audio_seconds", "total_seconds", "attempts", "failed_attempt_tokens"}
-
-
-class ShortWindow(simulator._Window):
-    """The simulator's sliding minute, scaled down (the simulator has no window knob yet)."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self.seconds = seconds
-
-    def current(self, now: float) -> int:
-        while self._entries and self._entries[0][0] <= now - self.seconds:
-            self.total -= self._entries.popleft()[1]
-        return self.total
 
 
 def make_manifest(folder: Path, count: int, *, seconds: float = 0.2) -> Path:
@@ -78,10 +65,15 @@ def stable_rows(path: Path) -> list[dict[str, Any]]:
 def test_500_items_through_faults_and_throttling(tmp_path: Path) -> None:
     source = make_manifest(tmp_path / "in", 500)
     config = SimulatorConfig(
-        api_keys=(KEY,), disconnect_rate=0.10, server_error_rate=0.05, hang_rate=0.02, rpm=150, seed=7
+        api_keys=(KEY,),
+        disconnect_rate=0.10,
+        server_error_rate=0.05,
+        hang_rate=0.02,
+        rpm=150,
+        seed=7,
+        window_seconds=1.5,  # 150 sessions per 1.5 s: 600 sessions must wait
     )
     with SimulatorThread(config) as sim:
-        sim.simulator._sessions = ShortWindow(1.5)  # 150 sessions per 1.5 s: 600 sessions must wait
         run_config = RunConfig(
             manifest=source,
             out=tmp_path / "out",
@@ -165,7 +157,10 @@ def _poll_parquet(path: Path, seen: list[int], proc: Cli) -> None:
     """Open results.parquet whenever it exists while ``proc`` runs; it must always be whole."""
     while proc.poll() is None:
         if path.exists():
-            table = pq.read_table(path)  # raises on a torn file
+            # one open: the file is replaced atomically, and a reader holding one handle sees one whole
+            # version (pyarrow given a path may open it twice and mix two versions)
+            with path.open("rb") as handle:
+                table = pq.read_table(handle)  # raises on a torn file
             seen.append(table.num_rows)
         time.sleep(0.01)
 
