@@ -191,6 +191,27 @@ def _default_out(manifest: Path) -> Path:
     help="Audio streaming speed: 0 as fast as possible, 1 real time.",
 )
 @click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds for the WebSocket handshake.",
+)
+@click.option(
+    "--first-event-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds from the handshake to session.created.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Longest silence from the service while waiting for it.",
+)
+@click.option(
     "--item-timeout",
     type=click.FloatRange(min=1),
     default=300.0,
@@ -258,6 +279,9 @@ def run(manifest: Path, out: Path | None, **options: Any) -> None:
         transcribe_input=not options["no_transcription"],
         pace=options["pace"],
         output_seconds=options["output_seconds"],
+        connect_timeout=options["connect_timeout"],
+        first_event_timeout=options["first_event_timeout"],
+        idle_timeout=options["idle_timeout"],
         item_timeout=options["item_timeout"],
         grace_seconds=options["grace"],
         wait_lock=options["wait_lock"],
