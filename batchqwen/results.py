@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
 import threading
 import unicodedata
@@ -359,8 +360,11 @@ class Journal:
             handle.seek(-1, os.SEEK_END)
             return handle.read(1) != b"\n"
 
-    def append(self, record: Mapping[str, Any]) -> None:
-        """Append one record (must have a string ``id``); durable on disk when this returns."""
+    def append(self, record: Mapping[str, Any]) -> int:
+        """Append one record (must have a string ``id``); durable on disk when this returns.
+
+        Returns the byte offset of its line, for :class:`JournalIndex`.
+        """
         if not isinstance(record.get("id"), str):
             raise TypeError("a journal record needs a string 'id'")
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
@@ -368,34 +372,45 @@ class Journal:
         with self._lock:
             if self._fd is None:
                 self._fd = self._open()
+            offset = os.fstat(self._fd).st_size  # O_APPEND and one writer: the line starts here
             view = memoryview(data)
             while view:
                 written = os.write(self._fd, view)
                 view = view[written:]
             os.fsync(self._fd)
+        return offset
 
     def records(self) -> Iterator[dict[str, Any]]:
         """Every readable record in file order; unreadable (torn) lines are counted and skipped."""
+        for _, record in self._records_with_offsets():
+            yield record
+
+    def _records_with_offsets(self) -> Iterator[tuple[int, dict[str, Any]]]:
         self.skipped_lines = 0
         if not self.path.exists():
             return
         with self.path.open("rb") as handle:
+            offset = 0
             for raw in handle:
+                start, offset = offset, offset + len(raw)
                 if not raw.strip():
                     continue
-                try:
-                    record = json.loads(raw.decode("utf-8", "surrogatepass"))
-                except ValueError:
+                record = _parse_line(raw)
+                if record is None:
                     self.skipped_lines += 1
                     continue
-                if not isinstance(record, dict) or not isinstance(record.get("id"), str):
-                    self.skipped_lines += 1
-                    continue
-                yield record
+                yield start, record
 
     def load(self) -> dict[str, dict[str, Any]]:
         """The last record per id (a later attempt supersedes an earlier one)."""
         return {record["id"]: record for record in self.records()}
+
+    def index(self) -> JournalIndex:
+        """The last record per id as a :class:`JournalIndex`: small entries in memory, records on disk."""
+        index = JournalIndex(self.path)
+        for offset, record in self._records_with_offsets():
+            index.note(record, offset)
+        return index
 
     def close(self) -> None:
         with self._lock:
@@ -410,6 +425,67 @@ class Journal:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _parse_line(raw: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(raw.decode("utf-8", "surrogatepass"))
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+        return None
+    return record
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """What a run keeps in memory per journaled item: enough to decide resume and the budget."""
+
+    offset: int  # where the item's last record starts in journal.jsonl
+    status: str
+    content_hash: str
+    est_cost: float | None
+
+    def as_record(self) -> dict[str, Any]:
+        """The fields :func:`needs_run` reads."""
+        return {"status": self.status, "content_hash": self.content_hash}
+
+
+class JournalIndex(Mapping[str, dict[str, Any]]):
+    """id -> last journal record, holding only a :class:`JournalEntry` per id in memory.
+
+    Records (transcripts, usage, ...) stay in the journal file and are read back on demand, so a run's
+    memory does not grow with the size of its results. Reads are safe from another thread while the
+    event loop appends (each read opens the file; appended lines never move).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, JournalEntry] = {}
+
+    def note(self, record: Mapping[str, Any], offset: int) -> None:
+        est = record.get("est_cost")
+        self.entries[str(record["id"])] = JournalEntry(
+            offset=offset,
+            status=sys.intern(str(record.get("status") or "")),
+            content_hash=str(record.get("content_hash") or ""),
+            est_cost=None if est is None else float(est),
+        )
+
+    def __getitem__(self, item_id: str) -> dict[str, Any]:
+        entry = self.entries[item_id]
+        with self.path.open("rb") as handle:
+            handle.seek(entry.offset)
+            record = _parse_line(handle.readline())
+        if record is None or record["id"] != item_id:
+            raise KeyError(item_id)
+        return record
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
 
 
 # ----------------------------------------------------------------------------- results.parquet
@@ -491,10 +567,13 @@ def write_results(
     manifest_items: Iterable[Item],
     journal_rows: Mapping[str, Mapping[str, Any]],
     passthrough_columns: list[str],
+    *,
+    on_row: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> Path:
     """Write ``OUT/results.parquet``: one row per manifest item, in manifest order, atomically.
 
     Items without a current journal record appear as ``pending``. Streams in batches of 10,000 rows.
+    ``on_row`` sees every row written (e.g. a :class:`Totals` for the summary).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -509,6 +588,8 @@ def write_results(
                 columns: dict[str, list[Any]] = {name: [] for name in schema.names}
                 for item in manifest_items:
                     record = _row_for(item, journal_rows.get(item.id))
+                    if on_row is not None:
+                        on_row(record)
                     for column in RESULT_COLUMNS:
                         columns[column].append(record.get(column))
                     columns["id"][-1] = item.id
@@ -540,46 +621,60 @@ _TOKEN_COLUMNS: tuple[str, ...] = (
 )
 
 
-def summarize(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Counts by status, token totals (estimated and reported, by modality), cost, failures by type.
+class Totals:
+    """Counts by status, token totals (estimated and reported, by modality), cost, failures by type,
+    added up one row at a time (:meth:`add`), so a summary never needs all rows in memory.
 
     Token and cost sums skip missing values; ``cost`` sums the rows that have one, by currency.
     """
-    by_status: Counter[str] = Counter()
-    failures: Counter[str] = Counter()
-    tokens: dict[str, int] = dict.fromkeys(_TOKEN_COLUMNS, 0)
-    est_cost: dict[str, float] = {}
-    cost: dict[str, float] = {}
-    cost_basis: Counter[str] = Counter()
-    seconds = {"input_audio_seconds": 0.0, "output_audio_seconds": 0.0}
-    total = 0
-    for row in rows:
-        total += 1
+
+    def __init__(self) -> None:
+        self.items = 0
+        self.by_status: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()
+        self.tokens: dict[str, int] = dict.fromkeys(_TOKEN_COLUMNS, 0)
+        self.est_cost: dict[str, float] = {}
+        self.cost: dict[str, float] = {}
+        self.cost_basis: Counter[str] = Counter()
+        self.seconds = {"input_audio_seconds": 0.0, "output_audio_seconds": 0.0}
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        self.items += 1
         status = str(row.get("status") or STATUS_PENDING)
-        by_status[status] += 1
+        self.by_status[status] += 1
         if status == STATUS_FAILED:
-            failures[str(row.get("error_type") or "unknown")] += 1
+            self.failures[str(row.get("error_type") or "unknown")] += 1
         for column in _TOKEN_COLUMNS:
-            tokens[column] += int(row.get(column) or 0)
-        for column in seconds:
-            seconds[column] += float(row.get(column) or 0.0)
+            self.tokens[column] += int(row.get(column) or 0)
+        for column in self.seconds:
+            self.seconds[column] += float(row.get(column) or 0.0)
         currency = str(row.get("currency") or "")
         if row.get("est_cost") is not None:
-            est_cost[currency] = est_cost.get(currency, 0.0) + float(row["est_cost"])
+            self.est_cost[currency] = self.est_cost.get(currency, 0.0) + float(row["est_cost"])
         if row.get("cost") is not None:
-            cost[currency] = cost.get(currency, 0.0) + float(row["cost"])
-            cost_basis[str(row.get("cost_basis") or "unknown")] += 1
-    return {
-        "items": total,
-        "by_status": {s: by_status.get(s, 0) for s in STATUSES} | dict(by_status),
-        "failures_by_type": dict(failures.most_common()),
-        "tokens": tokens,
-        "estimated_cost": {k: round(v, 6) for k, v in est_cost.items()},
-        "cost": {k: round(v, 6) for k, v in cost.items()},
-        "cost_rows_by_basis": dict(cost_basis),
-        "input_audio_seconds": round(seconds["input_audio_seconds"], 3),
-        "output_audio_seconds": round(seconds["output_audio_seconds"], 3),
-    }
+            self.cost[currency] = self.cost.get(currency, 0.0) + float(row["cost"])
+            self.cost_basis[str(row.get("cost_basis") or "unknown")] += 1
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "items": self.items,
+            "by_status": {s: self.by_status.get(s, 0) for s in STATUSES} | dict(self.by_status),
+            "failures_by_type": dict(self.failures.most_common()),
+            "tokens": self.tokens,
+            "estimated_cost": {k: round(v, 6) for k, v in self.est_cost.items()},
+            "cost": {k: round(v, 6) for k, v in self.cost.items()},
+            "cost_rows_by_basis": dict(self.cost_basis),
+            "input_audio_seconds": round(self.seconds["input_audio_seconds"], 3),
+            "output_audio_seconds": round(self.seconds["output_audio_seconds"], 3),
+        }
+
+
+def summarize(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The :class:`Totals` of ``rows``."""
+    totals = Totals()
+    for row in rows:
+        totals.add(row)
+    return totals.result()
 
 
 def write_summary(out_dir: Path, summary: Mapping[str, Any]) -> Path:

@@ -15,7 +15,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -391,17 +391,18 @@ def _install_signal_handlers(stop: Callable[[int], None]) -> Callable[[], None]:
 
 
 def _pending_items(
-    items: Iterator[Item], done_rows: dict[str, dict[str, Any]], progress: Progress, counters: dict[str, int]
+    items: Iterator[Item], done: results.JournalIndex, progress: Progress, counters: dict[str, int]
 ) -> Iterator[Item]:
     """Skip items already ok with unchanged content; everything else (failed, changed, new) is run."""
     for item in items:
-        previous = done_rows.get(item.id)
+        entry = done.entries.get(item.id)
+        previous = entry.as_record() if entry is not None else None
         if not results.needs_run(item, previous):
             counters["skipped"] += 1
-            progress.update(dict(previous or {}), skipped=True)
+            progress.update(done.get(item.id) or {}, skipped=True)
             continue
-        if previous is not None and previous.get("content_hash") != item.content_hash:
-            if previous.get("status") == results.STATUS_OK:  # an ok result of other content: rerun and say so
+        if entry is not None and entry.content_hash != item.content_hash:
+            if entry.status == results.STATUS_OK:  # an ok result of other content: rerun and say so
                 counters["changed"] += 1
                 log.warning("item %s (row %d) changed since its last ok result: running it again", item.id, item.row)
             else:
@@ -453,7 +454,7 @@ async def _run_locked(
     prices = cost.load_prices(config.prices)
     output = cost.OutputAssumption(output_seconds_per_item=config.output_seconds)
     journal = results.Journal(out)
-    done_rows = journal.load()
+    done = journal.index()  # small entries in memory; the records stay in the journal file
     secrets = [config.api_key] if config.api_key else []
     total = checked.rows if config.limit is None else min(checked.rows, config.limit)
     show_bar = config.progress if config.progress is not None else (sys.stderr.isatty() and not config.quiet)
@@ -481,7 +482,7 @@ async def _run_locked(
             video_fps=config.video_fps,
         )
         # items already ok are not run again: take their estimate off the total
-        already = sum(float(r.get("est_cost") or 0.0) for r in done_rows.values() if r.get("status") == "ok")
+        already = sum(e.est_cost or 0.0 for e in done.entries.values() if e.status == results.STATUS_OK)
         remaining = None if report.total_cost is None else max(0.0, report.total_cost - already)
         if remaining is None:
             log.warning("some items' model has no known price: the budget cap only covers priced items")
@@ -492,12 +493,12 @@ async def _run_locked(
                 f" by {remaining - config.max_cost:.4f}; nothing was started (see {out / 'estimate.parquet'})"
             )
 
-    def checkpoint() -> Path:
+    def checkpoint(on_row: Callable[[Mapping[str, Any]], None] | None = None) -> Path:
         return results.write_results(
-            out, manifest.iter_items(config.manifest), dict(done_rows), checked.passthrough_columns
+            out, manifest.iter_items(config.manifest), done, checked.passthrough_columns, on_row=on_row
         )
 
-    if done_rows:  # a resumed run: results.parquet reflects the journal from the start
+    if done:  # a resumed run: results.parquet reflects the journal from the start
         await asyncio.to_thread(checkpoint)
 
     async with _endpoint(config) as (url, api_key):
@@ -511,7 +512,7 @@ async def _run_locked(
             window=window,
             margin=window_margin,
         )
-        items = _pending_items(manifest.iter_items(config.manifest, limit=config.limit), done_rows, progress, counters)
+        items = _pending_items(manifest.iter_items(config.manifest, limit=config.limit), done, progress, counters)
         in_flight: set[asyncio.Task[results.ResultRow]] = set()
         stopping = asyncio.Event()
 
@@ -569,8 +570,8 @@ async def _run_locked(
                     in_flight.discard(task)
                 record = row.to_record()
                 # durable on disk before the item counts as done (fsync off the event loop)
-                await asyncio.to_thread(journal.append, record)
-                done_rows[row.id] = record
+                offset = await asyncio.to_thread(journal.append, record)
+                done.note(record, offset)
                 counters["ran"] += 1
                 progress.update(record)
 
@@ -595,14 +596,15 @@ async def _run_locked(
             if event_log is not None:
                 event_log.close()
 
-    results_path = await asyncio.to_thread(checkpoint)
-    summary = results.summarize(done_rows.values())
+    totals = results.Totals()  # over the final rows: every manifest item, pending ones included
+    results_path = await asyncio.to_thread(checkpoint, totals.add)
+    summary = totals.result()
     reason = stop_reason[0] if stop_reason else "completed"
     if exit_signal:
         exit_code = EXIT_SIGINT if exit_signal[0] == signal.SIGINT else EXIT_SIGTERM
     elif stop_reason:
         exit_code = EXIT_ABORTED
-    elif any(r.get("status") != "ok" for r in done_rows.values()):
+    elif totals.by_status[results.STATUS_FAILED]:
         exit_code = EXIT_SOME_FAILED
     else:
         exit_code = EXIT_OK

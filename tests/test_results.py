@@ -167,6 +167,23 @@ def test_journal_round_trip_keeps_the_last_record_per_id(tmp_path: Path) -> None
         Journal(tmp_path / "out").append({"status": "ok"})
 
 
+def test_journal_index_reads_the_last_record_back_from_disk(tmp_path: Path) -> None:
+    with Journal(tmp_path) as journal:
+        journal.append({"id": "a", "status": "failed", "content_hash": "h1", "est_cost": 0.5})
+        journal.append({"id": "b", "status": "ok", "content_hash": "h2", "output_text": "你好 " * 500})
+        index = journal.index()
+        offset = journal.append({"id": "a", "status": "ok", "content_hash": "h3", "est_cost": 0.25})
+        index.note({"id": "a", "status": "ok", "content_hash": "h3", "est_cost": 0.25}, offset)
+    assert dict(index) == Journal(tmp_path).load()  # the same records as loading the whole journal
+    assert dict(Journal(tmp_path).index()) == dict(index)
+    entry = index.entries["a"]
+    assert (entry.status, entry.content_hash, entry.est_cost) == ("ok", "h3", 0.25)
+    assert index.get("missing") is None and len(index) == 2
+    # an entry holds no transcript: the record's text stays on disk until asked for
+    assert "output_text" not in {field.name for field in dataclasses.fields(entry)}
+    assert index["b"]["output_text"] == "你好 " * 500
+
+
 def test_journal_tolerates_a_torn_last_line_and_seals_it(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
     journal.append({"id": "a", "status": "ok"})
