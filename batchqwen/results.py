@@ -44,7 +44,7 @@ STATUS_PENDING = "pending"  # no (current) journal record: not run yet (--limit,
 STATUSES: tuple[str, ...] = (STATUS_OK, STATUS_FAILED, STATUS_SKIPPED, STATUS_PENDING)
 
 MAX_ERROR_MESSAGE = 4_000
-WRITE_BATCH_ROWS = 10_000
+WRITE_BATCH_ROWS = 2_000  # rows per Parquet row group: bounds the memory a write needs
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 
