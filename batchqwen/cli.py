@@ -191,6 +191,13 @@ def _default_out(manifest: Path) -> Path:
     help="Audio streaming speed: 0 as fast as possible, 1 real time.",
 )
 @click.option(
+    "--chunk-ms",
+    type=click.IntRange(10, 10_000),
+    default=100,
+    show_default=True,
+    help="Audio per append event, in ms (the official samples send 100 ms).",
+)
+@click.option(
     "--connect-timeout",
     type=click.FloatRange(min=0.1),
     default=10.0,
@@ -278,6 +285,7 @@ def run(manifest: Path, out: Path | None, **options: Any) -> None:
         pad_silence_seconds=options["pad_silence"],
         transcribe_input=not options["no_transcription"],
         pace=options["pace"],
+        chunk_ms=options["chunk_ms"],
         output_seconds=options["output_seconds"],
         connect_timeout=options["connect_timeout"],
         first_event_timeout=options["first_event_timeout"],

@@ -58,6 +58,7 @@ class RunConfig:
     pad_silence_seconds: float = 1.0
     transcribe_input: bool = True
     pace: float = 0.0  # 0: stream as fast as the socket takes it; 1.0: real time
+    chunk_ms: int = 100  # audio per input_audio_buffer.append, as the official samples send
     # output assumption for estimates
     output_seconds: float = 8.0
     # timeouts (seconds)

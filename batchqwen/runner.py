@@ -26,7 +26,7 @@ from batchqwen.client import ClientSettings, run_turn
 from batchqwen.config import RunConfig
 from batchqwen.errors import BatchQwenError, BudgetExceeded, ItemError, UsageError
 from batchqwen.events import Usage
-from batchqwen.items import Item, PreparedInput, TurnRequest
+from batchqwen.items import INPUT_BYTES_PER_SECOND, Item, PreparedInput, TurnRequest
 from batchqwen.limiter import AdmissionClosed, Limiter
 from batchqwen.lock import RunLock
 from batchqwen.models import ModelInfo, get_model, validate_modalities, validate_voice
@@ -183,6 +183,7 @@ async def process_item(
         instructions=plan.instructions,
         prompt=plan.prompt,
         transcribe_input=config.transcribe_input,
+        chunk_bytes=round(config.chunk_ms * INPUT_BYTES_PER_SECOND / 1000 / 2) * 2,
     )
     settings = ctx.client
     if event_log is not None:

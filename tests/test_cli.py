@@ -208,3 +208,17 @@ def test_demo_job_runs_clean_and_its_input_estimate_is_exact(tmp_path: Path) -> 
         assert estimated == row["usage_input_tokens"], row["id"]
     report = CliRunner().invoke(main, ["report", str(out)])
     assert "input estimate matches exactly" in report.output
+
+
+def test_chunk_ms_sets_the_size_of_audio_appends(good_job: Path, tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    args = ["run", str(good_job / "manifest.csv"), "--simulate", "--out", str(tmp_path / "out"), "--limit", "1"]
+    result = CliRunner().invoke(main, [*args, "--chunk-ms", "250", "--log-events", str(events)])
+    assert result.exit_code == 0, result.output
+    appends = [
+        json.loads(line)["event"]["audio"]
+        for line in events.read_text().splitlines()
+        if '"input_audio_buffer.append"' in line
+    ]
+    # row 1 is 1.5 s of 16 kHz audio: six 250 ms chunks of 8,000 bytes
+    assert appends == ["<8000 bytes elided>"] * 6
