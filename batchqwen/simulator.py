@@ -277,7 +277,9 @@ class _Connection:
         while not self.ended:
             left = lifetime_end - time.monotonic()
             try:
-                frame = await asyncio.wait_for(self.ws.recv(), min(config.idle_timeout_seconds, max(left, 0.0)))
+                # asyncio.timeout, not wait_for: no task per frame (wait_for makes one on Python 3.11)
+                async with asyncio.timeout(min(config.idle_timeout_seconds, max(left, 0.0))):
+                    frame = await self.ws.recv()
             except TimeoutError:
                 lifetime = time.monotonic() >= lifetime_end
                 await self._cut("session_lifetime" if lifetime else "idle_timeout")

@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def measure(
-    items: int, single: int, levels: list[int], *, latency: float = 1.0, fmt: str = "mp3"
+    items: int, single: int, levels: list[int], *, latency: float = 1.0, fmt: str = "mp3", chunk_ms: int = 100
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench_scaling_") as tmp:
@@ -39,7 +39,8 @@ def measure(
                 manifest = write_manifest(folder / f"m{c}.csv", n, media, prefix=f"c{c}")
                 sim_cpu0 = sim.cpu_seconds()
                 child = run_child(
-                    [str(HERE / "drive.py"), "runner", str(manifest), sim.url, str(c), str(folder / f"out{c}")]
+                    [str(HERE / "drive.py"), "runner", str(manifest), sim.url, str(c), str(folder / f"out{c}")],
+                    env={"BENCH_CHUNK_MS": str(chunk_ms)},
                 )
                 sim_cpu = sim.cpu_seconds() - sim_cpu0
                 data = child.data
@@ -115,9 +116,11 @@ def main() -> None:
     parser.add_argument(
         "--format", default="mp3", choices=["mp3", "wav"], help="mp3 44.1 kHz stereo or wav 16 kHz mono"
     )
+    parser.add_argument("--chunk-ms", type=int, default=100, help="audio per append event (run --chunk-ms)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    rows = measure(args.items, args.single, [int(c) for c in args.levels.split(",")], fmt=args.format)
+    levels = [int(c) for c in args.levels.split(",")]
+    rows = measure(args.items, args.single, levels, fmt=args.format, chunk_ms=args.chunk_ms)
     print(json.dumps(rows) if args.json else render(rows))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import sys
 import threading
 import time
@@ -50,6 +51,7 @@ def drive_runner(manifest: Path, url: str, concurrency: int, out: Path) -> dict[
         tpm=HUGE,
         progress=False,
         quiet=True,
+        chunk_ms=int(os.environ.get("BENCH_CHUNK_MS", "100")),
     )
     cpu0, wall0 = time.process_time(), time.perf_counter()
     outcome = asyncio.run(run(config))
