@@ -74,6 +74,9 @@ def _call(func: Any, *args: Any, **kwargs: Any) -> Any:
         _fail(str(exc), EXIT_ABORTED)
     except BatchQwenError as exc:
         _fail(str(exc), EXIT_ABORTED)
+    except OSError as exc:  # an output folder or log file that cannot be written, ...
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"{where}{exc.strerror or exc}", EXIT_USAGE)
     return None
 
 
@@ -251,7 +254,7 @@ def run(manifest: Path, out: Path | None, **options: Any) -> None:
         _estimate(manifest, out, options)
         return
     api_key = options["api_key"]
-    _setup_logging(quiet=options["quiet"], log_file=options["log_file"], secrets=[api_key] if api_key else [])
+    _call(_setup_logging, quiet=options["quiet"], log_file=options["log_file"], secrets=[api_key] if api_key else [])
     if not api_key and not options["simulate"]:
         _fail(
             "no API key: set DASHSCOPE_API_KEY (or pass --api-key), or use --simulate to run against the "
@@ -297,6 +300,12 @@ def run(manifest: Path, out: Path | None, **options: Any) -> None:
         log_file=options["log_file"],
     )
     _call(_validate_defaults, config)
+    if config.base_url and not config.simulate:
+        from batchqwen.client import url_for
+
+        _call(url_for, config.base_url, config.model)  # a bad URL is a usage error now, not a failed item
+    elif config.base_url:
+        log.warning("--base-url is ignored with --simulate (the built-in simulator picks its own address)")
     from batchqwen.runner import run as run_batch
 
     outcome = _call(asyncio.run, run_batch(config))
@@ -324,10 +333,10 @@ def _estimate(manifest: Path, out: Path, options: dict[str, Any]) -> None:
     from batchqwen import cost
     from batchqwen.estimate import estimate_manifest, format_report
     from batchqwen.manifest import check_manifest
-    from batchqwen.models import get_model, validate_modalities
+    from batchqwen.models import get_model, validate_modalities, validate_voice
 
     def work() -> Any:
-        get_model(options["model"])
+        validate_voice(get_model(options["model"]), options["voice"])
         modalities = validate_modalities(_modalities(options["modalities"]) or ())
         check_manifest(manifest)
         prices = cost.load_prices(options["prices"])
@@ -343,6 +352,8 @@ def _estimate(manifest: Path, out: Path, options: dict[str, Any]) -> None:
             limit=options["limit"],
             pad_silence_seconds=options["pad_silence"],
             out_dir=out,
+            video_fps=options["video_fps"],
+            voice=options["voice"],
         )
 
     report = _call(work)

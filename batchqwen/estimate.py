@@ -55,7 +55,7 @@ from batchqwen.media import (
     probe_image_size,
     probe_video,
 )
-from batchqwen.models import get_model, validate_modalities, validate_voice
+from batchqwen.plan import plan_item
 from batchqwen.tokens import text_tokens_exact
 
 ESTIMATE_FILE = "estimate.parquet"
@@ -180,6 +180,7 @@ class EstimateReport:
 @dataclass(frozen=True)
 class _Settings:
     default_model: str
+    voice: str | None
     modalities: tuple[str, ...]
     instructions: str | None
     output: OutputAssumption
@@ -198,10 +199,11 @@ def estimate_item(
     pad_silence_seconds: float,
     video_fps: float = 1.0,
     max_video_frames: int = DEFAULT_MAX_VIDEO_FRAMES,
+    voice: str | None = None,
 ) -> RowEstimate:
     """Estimate one item from its media's metadata; a local problem becomes the row's ``problem``."""
     settings = _Settings(
-        default_model, modalities, instructions, output, pad_silence_seconds, video_fps, max_video_frames
+        default_model, voice, modalities, instructions, output, pad_silence_seconds, video_fps, max_video_frames
     )
     return _estimate_item(item, settings)
 
@@ -210,10 +212,16 @@ def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
     model_name = item.model or s.default_model
     modalities = item.modalities or s.modalities
     try:
-        model = get_model(model_name)
-        model_name = model.name
-        modalities = validate_modalities(modalities)
-        validate_voice(model, item.voice)
+        # the same plan the run makes: model, voice, modalities, where the prompt goes, silence padding
+        plan = plan_item(
+            item,
+            model=s.default_model,
+            voice=s.voice,
+            modalities=s.modalities,
+            instructions=s.instructions,
+            pad_silence_seconds=s.pad_silence_seconds,
+        )
+        model, model_name, modalities = plan.model, plan.model.name, plan.modalities
         validate_item(item)
         audio_seconds = probe_audio_seconds(item.audio) if item.audio is not None else 0.0
         sizes: list[tuple[int, int]] = []
@@ -222,20 +230,15 @@ def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
             sizes.extend([video.frame_size] * len(video.frame_times))
             if item.audio is None:  # an audio file, when given, is the sound; the video gives frames only
                 audio_seconds = video.audio_seconds
-        # text and padding exactly as runner.plan_item resolves them
-        instructions, prompt = item.instructions or s.instructions, item.prompt
-        if prompt and not model.text_input:  # the prompt travels inside the instructions
-            instructions, prompt = (f"{instructions}\n\n{prompt}" if instructions else prompt), None
-        needs_audio = not (model.text_input and prompt and not (item.images or item.video))
         padded = 0.0
-        if audio_seconds <= 0 and needs_audio and s.pad_silence_seconds > 0:
-            padded = audio_seconds = s.pad_silence_seconds
+        if audio_seconds <= 0 and plan.pad_silence_seconds > 0:
+            padded = audio_seconds = plan.pad_silence_seconds
         sizes.extend(fit_image_size(*probe_image_size(path)) for path in item.images)
         tokens = estimate_tokens(
             model,
             audio_seconds=audio_seconds,
             image_sizes=sizes,
-            texts=(instructions, prompt),
+            texts=(plan.instructions, plan.prompt),
             modalities=modalities,
             output=s.output,
         )
@@ -305,6 +308,7 @@ def estimate_manifest(
     out_dir: Path | None = None,
     video_fps: float = 1.0,
     max_video_frames: int = DEFAULT_MAX_VIDEO_FRAMES,
+    voice: str | None = None,
 ) -> EstimateReport:
     """Estimate tokens and cost of every row of the manifest at ``path``; no network access at all.
 
@@ -324,7 +328,7 @@ def estimate_manifest(
         text_tokens_exact=text_tokens_exact(),
     )
     settings = _Settings(
-        default_model, modalities, instructions, output, pad_silence_seconds, video_fps, max_video_frames
+        default_model, voice, modalities, instructions, output, pad_silence_seconds, video_fps, max_video_frames
     )
     writer = _RowWriter(out_dir / ESTIMATE_FILE) if out_dir is not None else None
     max_in_flight = max(1, workers) * 4

@@ -94,6 +94,8 @@ class Limiter:
                 if excess <= 0:
                     wait = max(wait, charged_at + self.window - now)
                     break
+            else:  # larger than the quota by itself: it waits for an empty window, then goes alone
+                wait = max(wait, self._tokens[-1][0] + self.window - now)
         return wait
 
     def check_budget(self, cost: float) -> None:

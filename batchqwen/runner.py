@@ -29,7 +29,8 @@ from batchqwen.events import Usage
 from batchqwen.items import INPUT_BYTES_PER_SECOND, Item, PreparedInput, TurnRequest
 from batchqwen.limiter import AdmissionClosed, Limiter
 from batchqwen.lock import RunLock
-from batchqwen.models import ModelInfo, get_model, validate_modalities, validate_voice
+from batchqwen.models import get_model
+from batchqwen.plan import ItemPlan, plan_item
 from batchqwen.retry import backoff_delays, classify, is_throttling
 
 log = logging.getLogger("batchqwen")
@@ -86,35 +87,6 @@ class RunOutcome:
 # ----------------------------------------------------------------------------- one item
 
 
-@dataclass(frozen=True)
-class ItemPlan:
-    """An item resolved against the defaults: which model, voice, modalities, text, and its estimate."""
-
-    model: ModelInfo
-    voice: str
-    modalities: tuple[str, ...]
-    instructions: str | None
-    prompt: str | None
-    pad_silence_seconds: float
-
-
-def plan_item(item: Item, config: RunConfig) -> ItemPlan:
-    """Per-row overrides over the run's defaults. Raises UsageError for a bad model/voice/modalities."""
-    model = get_model(item.model or config.model)
-    voice = validate_voice(model, item.voice or config.voice)
-    modalities = validate_modalities(item.modalities or config.modalities)
-    instructions = item.instructions or config.instructions
-    prompt = item.prompt
-    if prompt and not model.text_input:
-        # models without text input take the prompt only as instructions
-        instructions = f"{instructions}\n\n{prompt}" if instructions else prompt
-        prompt = None
-    has_visuals = bool(item.images or item.video)
-    needs_audio = not (model.text_input and prompt and not has_visuals)
-    pad = config.pad_silence_seconds if needs_audio else 0.0
-    return ItemPlan(model, voice, modalities, instructions, prompt, pad)
-
-
 def estimate_for(plan: ItemPlan, prepared: PreparedInput, ctx: ItemContext) -> tuple[cost.TokenEstimate, float | None]:
     estimate = cost.estimate_tokens(
         plan.model,
@@ -150,7 +122,14 @@ async def process_item(
     started = _now()
     try:
         manifest.validate_item(item)
-        plan = plan_item(item, config)
+        plan = plan_item(
+            item,
+            model=config.model,
+            voice=config.voice,
+            modalities=config.modalities,
+            instructions=config.instructions,
+            pad_silence_seconds=config.pad_silence_seconds,
+        )
     except (ItemError, UsageError) as exc:
         return results.failed_row(item, exc, attempts=0, secrets=secrets, started_at=started, finished_at=_now())
     chosen = {"model": plan.model.name, "voice": plan.voice, "modalities": ",".join(plan.modalities)}
@@ -205,7 +184,10 @@ async def process_item(
             spent = usage_seen.total_tokens if isinstance(usage_seen, Usage) else None
             if spent is not None:
                 failed_tokens = (failed_tokens or 0) + spent
-            limiter.release(reservation, tokens=spent, cost=0.0)
+            billed = 0.0  # what the failed attempt cost, when the service reported usage: counts to the cap
+            if isinstance(usage_seen, Usage) and price is not None:
+                billed, _ = cost.cost_of_usage(price, usage_seen, estimate=estimate, modalities=plan.modalities)
+            limiter.release(reservation, tokens=spent, cost=billed)
             kind = classify(exc)
             if kind == "fatal":
                 raise FatalRunError(exc) from exc
@@ -258,11 +240,18 @@ async def process_item(
     limiter.release(reservation, tokens=usage.total_tokens if usage else None, cost=row.cost or 0.0)
 
     if result.output_pcm:
-        wav_path = results.wav_path(ctx.out_dir, item.id)
-        wav = media.pcm_to_wav(result.output_pcm, plan.model.output_sample_rate)
-        await asyncio.to_thread(results.write_wav_atomic, wav_path, wav)
-        row.output_wav = results.relative_to_out(ctx.out_dir, wav_path)
-        row.output_audio_seconds = round(len(result.output_pcm) / (2 * plan.model.output_sample_rate), 3)
+        try:
+            wav_path = results.wav_path(ctx.out_dir, item.id)
+            wav = media.pcm_to_wav(result.output_pcm, plan.model.output_sample_rate)
+            await asyncio.to_thread(results.write_wav_atomic, wav_path, wav)
+        except (OSError, BatchQwenError) as exc:
+            # the answer was paid for but cannot be kept: say so on the row; the run goes on
+            row.status = results.STATUS_FAILED
+            row.error_type, row.error_code = "output", None
+            row.error_message = results.redact(f"cannot write the output WAV: {exc}", secrets)
+        else:
+            row.output_wav = results.relative_to_out(ctx.out_dir, wav_path)
+            row.output_audio_seconds = round(len(result.output_pcm) / (2 * plan.model.output_sample_rate), 3)
     row.input_transcript = result.input_transcript
     row.output_text = result.output_text
     row.output_transcript = result.output_transcript
@@ -463,7 +452,6 @@ async def _run_locked(
     counters = {"skipped": 0, "changed": 0, "ran": 0}
     stop_reason: list[str] = []  # first reason wins: "fatal: ...", "budget: ...", "signal: SIGINT"
     exit_signal: list[int] = []
-    event_log = EventLog(config.log_events, secrets) if config.log_events else None
 
     if config.max_cost is not None:
         from batchqwen.estimate import estimate_manifest
@@ -481,6 +469,7 @@ async def _run_locked(
             pad_silence_seconds=config.pad_silence_seconds,
             out_dir=out,
             video_fps=config.video_fps,
+            voice=config.voice,
         )
         # items already ok are not run again: take their estimate off the total
         already = sum(e.est_cost or 0.0 for e in done.entries.values() if e.status == results.STATUS_OK)
@@ -576,6 +565,7 @@ async def _run_locked(
                 counters["ran"] += 1
                 progress.update(record)
 
+        event_log = EventLog(config.log_events, secrets) if config.log_events else None
         workers = [asyncio.create_task(worker()) for _ in range(config.concurrency)]
         last_checkpoint = time.monotonic()
         try:
@@ -591,6 +581,13 @@ async def _run_locked(
                     last_checkpoint = time.monotonic()
             await all_done
         finally:
+            # normally all finished; after an unexpected error in one worker, stop the others before the
+            # journal closes under them
+            for worker_task in workers:
+                worker_task.cancel()
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*workers, *in_flight, return_exceptions=True)
             remove_handlers()
             progress.close()
             journal.close()

@@ -69,6 +69,20 @@ def main() -> None:
         bench_scaling.render(rows),
     )
 
+    print("1c. concurrency scaling (WAV items, 1 s audio per append) ...", file=sys.stderr, flush=True)
+    rows = bench_scaling.measure(40 if q else 400, 4 if q else 10, [1, 32] if q else [1, 128], fmt="wav", chunk_ms=1000)
+    section(
+        "1c. The same WAV items sent as 1 s appends (`run --chunk-ms 1000`): the cost of 100 ms frames",
+        bench_scaling.render(rows),
+    )
+
+    print("1d. rate limiter against a quota ...", file=sys.stderr, flush=True)
+    limit_args = [str(HERE / "bench_rate_limit.py")] + (["--quick"] if q else [])
+    limits = subprocess.run([sys.executable, *limit_args], capture_output=True, text=True, check=True, cwd=HERE.parent)
+    section(
+        "1d. Rate limiter against a simulator quota (bench/bench_rate_limit.py)", f"```\n{limits.stdout.strip()}\n```"
+    )
+
     print("2. client CPU per item ...", file=sys.stderr, flush=True)
     section(
         "2. Client CPU per item: 10 s MP3 + one 1280x720 JPEG, one at a time",
@@ -89,7 +103,7 @@ def main() -> None:
 
     print("5. memory ...", file=sys.stderr, flush=True)
     mem = bench_memory.dry_run([10_000] if q else [10_000, 100_000, 1_000_000])
-    mem += bench_memory.simulated([200] if q else [500, 5_000])
+    mem += bench_memory.simulated([200] if q else [500, 5_000, 10_000])
     section("5. Peak RSS of the batchqwen process (CLI subprocess)", bench_memory.render(mem))
 
     info = machine()

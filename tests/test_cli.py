@@ -145,16 +145,35 @@ def test_manifest_without_usable_columns_is_a_usage_error(tmp_path: Path) -> Non
     assert "error" in result.output and "Traceback" not in result.output
 
 
-def test_estimate_and_dry_run_agree(good_job: Path, tmp_path: Path) -> None:
-    first = CliRunner().invoke(main, ["estimate", str(good_job / "manifest.csv"), "--out", str(tmp_path / "a")])
-    second = CliRunner().invoke(
-        main, ["run", str(good_job / "manifest.csv"), "--dry-run", "--out", str(tmp_path / "b")]
-    )
-    assert first.exit_code == second.exit_code == 0, first.output + second.output
-    a = pq.read_table(tmp_path / "a" / "estimate.parquet").drop_columns([]).to_pylist()
-    b = pq.read_table(tmp_path / "b" / "estimate.parquet").to_pylist()
-    assert a == b and len(a) == 3
-    assert "CNY" in first.output
+def test_dry_run_estimates_what_the_run_sends(tmp_path: Path) -> None:
+    """The offline estimate (from metadata only) against the run's estimate (from the decoded media
+    it sends), item by item, on the demo job with video at 2 frames per second and a default voice."""
+    manifest = Path(__file__).resolve().parent.parent / "jobs" / "demo" / "manifest.csv"
+    options = ["--video-fps", "2", "--voice", "Ethan", "--instructions", "Be brief."]
+    dry = CliRunner().invoke(main, ["run", str(manifest), "--dry-run", "--out", str(tmp_path / "dry"), *options])
+    assert dry.exit_code == 0, dry.output
+    assert "CNY" in dry.output
+    real = CliRunner().invoke(main, ["run", str(manifest), "--simulate", "--out", str(tmp_path / "run"), *options])
+    assert real.exit_code == 0, real.output
+    estimated = {row["id"]: row for row in pq.read_table(tmp_path / "dry" / "estimate.parquet").to_pylist()}
+    ran = _read_results(tmp_path / "run")
+    assert sorted(estimated) == sorted(ran)
+    for item_id, row in ran.items():
+        guess = estimated[item_id]
+        assert guess["problem"] is None
+        assert guess["image_count"] == row["image_count"], item_id  # video frames at 2 fps included
+        assert guess["input_image_tokens"] == row["est_input_image_tokens"], item_id
+        assert guess["input_text_tokens"] == row["est_input_text_tokens"], item_id
+        # container durations can differ from the decoded length by a codec frame: one token at most
+        assert abs(guess["input_audio_tokens"] - row["est_input_audio_tokens"]) <= 1, item_id
+        assert row["voice"] == "Ethan"
+    assert ran["ball-video"]["image_count"] >= 4  # a 2-3 s video at 2 fps
+
+
+def test_estimate_refuses_a_voice_the_run_would_refuse(good_job: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["estimate", str(good_job / "manifest.csv"), "--voice", "Nobody"])
+    assert result.exit_code == 2
+    assert "voice 'Nobody'" in result.output
 
 
 def test_max_cost_refuses_to_start(good_job: Path, tmp_path: Path) -> None:
@@ -222,3 +241,25 @@ def test_chunk_ms_sets_the_size_of_audio_appends(good_job: Path, tmp_path: Path)
     ]
     # row 1 is 1.5 s of 16 kHz audio: six 250 ms chunks of 8,000 bytes
     assert appends == ["<8000 bytes elided>"] * 6
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--base-url", "http://example.invalid/realtime", "--api-key", "sk-x"], "ws://"),
+        (["--simulate", "--out", "{file}/sub"], "Not a directory"),
+        (["--simulate", "--log-events", "{missing}/events.jsonl"], "No such file"),
+        (["--simulate", "--modalities", "audio"], "modalities"),
+    ],
+)
+def test_user_mistakes_are_usage_errors_not_tracebacks(
+    good_job: Path, tmp_path: Path, extra: list[str], message: str
+) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    extra = [e.format(file=a_file, missing=tmp_path / "missing") for e in extra]
+    out = [] if "--out" in extra else ["--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(main, ["run", str(good_job / "manifest.csv"), *out, *extra])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
