@@ -97,6 +97,20 @@ def test_tpm_charged_by_estimate_then_corrected_by_usage() -> None:
     run(main)
 
 
+def test_a_session_larger_than_the_tpm_quota_waits_for_an_empty_window() -> None:
+    async def main() -> None:
+        limiter = Limiter(concurrency=4, rpm=None, tpm=100, window=0.3, margin=0.0)
+        small = await limiter.acquire(tokens=90, cost=0.0)
+        limiter.release(small, tokens=90, cost=0.0)
+        t0 = time.monotonic()
+        big = await limiter.acquire(tokens=150, cost=0.0)  # over the quota alone: it cannot share a window
+        assert time.monotonic() - t0 > 0.25
+        assert limiter._tokens_in_window == 150
+        limiter.release(big, tokens=150, cost=0.0)
+
+    run(main)
+
+
 def test_budget_cap_counts_spent_and_in_flight() -> None:
     async def main() -> None:
         limiter = Limiter(concurrency=4, rpm=None, tpm=None, max_cost=1.0)
