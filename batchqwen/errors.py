@@ -16,6 +16,8 @@
     │   ├── ConnectionDropped      the connection closed or broke before the turn was done
     │   └── TimedOut               connect / first event / idle / whole-session timeout
     ├── BudgetExceeded             the cost cap would be passed (exit 3)
+    ├── FatalRunError              an account-level refusal (bad key, arrears, no quota): the run stops (exit 3)
+    ├── AdmissionClosed            the run is stopping: no new session may start (the item stays pending)
     └── LockHeld                   another run holds the output folder's lock (exit 2)
 
 Only ``cli.py`` turns these into messages and exit codes; whether a remote error is worth another
@@ -120,6 +122,22 @@ class TimedOut(RemoteError):
 
 class BudgetExceeded(BatchQwenError):
     kind = "budget"
+
+
+class FatalRunError(BatchQwenError):
+    """An account-level error (bad key, arrears, exhausted quota): the whole run must stop."""
+
+    kind = "fatal"
+
+    def __init__(self, cause: BaseException):
+        self.cause = cause
+        super().__init__(str(cause))
+
+
+class AdmissionClosed(BatchQwenError):
+    """The run is stopping (signal, fatal error, budget): no new session may start, not even a retry."""
+
+    kind = "stopped"
 
 
 class LockHeld(BatchQwenError):

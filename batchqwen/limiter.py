@@ -15,13 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from batchqwen.errors import BatchQwenError, BudgetExceeded
-
-
-class AdmissionClosed(BatchQwenError):
-    """The run is stopping (signal, fatal error): no new session may start, not even a retry."""
-
-    kind = "stopped"
+from batchqwen.errors import AdmissionClosed, BudgetExceeded
 
 
 @dataclass

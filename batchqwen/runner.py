@@ -24,10 +24,10 @@ from typing import Any, TextIO
 from batchqwen import cost, manifest, media, results
 from batchqwen.client import ClientSettings, run_turn
 from batchqwen.config import RunConfig
-from batchqwen.errors import BatchQwenError, BudgetExceeded, ItemError, UsageError
+from batchqwen.errors import AdmissionClosed, BatchQwenError, BudgetExceeded, FatalRunError, ItemError, UsageError
 from batchqwen.events import Usage
 from batchqwen.items import INPUT_BYTES_PER_SECOND, Item, PreparedInput, TurnRequest
-from batchqwen.limiter import AdmissionClosed, Limiter
+from batchqwen.limiter import Limiter
 from batchqwen.lock import RunLock
 from batchqwen.models import get_model
 from batchqwen.plan import ItemPlan, plan_item
@@ -39,16 +39,6 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_ABORTED = 0, 1, 2, 3
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 SESSION_LIFETIME_SECONDS = 30 * 60  # the shortest documented service lifetime (2025 docs; 2026 says 120 min)
 SESSION_LIFETIME_MARGIN = 60.0
-
-
-class FatalRunError(BatchQwenError):
-    """An account-level error (bad key, arrears, exhausted quota): the whole run must stop."""
-
-    kind = "fatal"
-
-    def __init__(self, cause: BaseException):
-        self.cause = cause
-        super().__init__(str(cause))
 
 
 @dataclass(frozen=True)

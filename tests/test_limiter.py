@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from batchqwen.errors import BudgetExceeded
-from batchqwen.limiter import AdmissionClosed, Limiter
+from batchqwen.errors import AdmissionClosed, BudgetExceeded
+from batchqwen.limiter import Limiter
 
 
 def run(main: Callable[[], Awaitable[None]]) -> None:
