@@ -10,7 +10,6 @@ exception from :mod:`batchqwen.errors`; the API key never appears in a message o
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
 import json
 import urllib.parse
 from collections.abc import Callable
@@ -20,6 +19,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from batchqwen import __version__
+from batchqwen.config import REGION_ALIASES, REGION_URLS, normalize_region
 from batchqwen.errors import (
     BatchQwenError,
     ConnectionDropped,
@@ -38,20 +39,7 @@ from batchqwen.events import (
 from batchqwen.items import TurnRequest, TurnResult
 from batchqwen.protocol import DEFAULT_TRANSCRIPT_GRACE, ClientTurn, State, ToolHandler
 
-BEIJING_URL = "wss://dashscope.aliyuncs.com/api-ws/v1/realtime"
-INTL_URL = "wss://dashscope-intl.aliyuncs.com/api-ws/v1/realtime"
-REGIONS: dict[str, str] = {
-    "cn-beijing": BEIJING_URL,
-    "beijing": BEIJING_URL,
-    "ap-southeast-1": INTL_URL,
-    "singapore": INTL_URL,
-    "intl": INTL_URL,
-}
-
-try:
-    _USER_AGENT = f"batchqwen/{importlib.metadata.version('batchqwen')}"
-except importlib.metadata.PackageNotFoundError:  # running from a source tree
-    _USER_AGENT = "batchqwen"
+_USER_AGENT = f"batchqwen/{__version__}"
 
 EventLog = Callable[[str, dict[str, Any]], None]
 
@@ -60,9 +48,10 @@ _LAST_LOOK_SECONDS = 0.05  # after a timeout, how long to look for frames that w
 
 def url_for(base_url_or_region: str, model: str) -> str:
     """The realtime URL for a region name or a base URL, with ``?model=`` (the only way to pick a model)."""
-    base = REGIONS.get(base_url_or_region.strip().lower(), base_url_or_region.strip())
+    given = base_url_or_region.strip()
+    base = REGION_URLS.get(normalize_region(given), given)
     if not base.startswith(("ws://", "wss://")):
-        known = ", ".join(REGIONS)
+        known = ", ".join([*REGION_URLS, *REGION_ALIASES])
         raise UsageError(f"base URL must start with ws:// or wss://, or be a region ({known}): {base!r}")
     if not model:
         raise UsageError("no model given for the realtime URL")
