@@ -194,6 +194,13 @@ def _default_out(manifest: Path) -> Path:
     help="Audio streaming speed: 0 as fast as possible, 1 real time.",
 )
 @click.option(
+    "--decode-processes",
+    type=click.IntRange(0, 64),
+    default=0,
+    show_default=True,
+    help="Decode media in N worker processes (0: a thread). Helps runs of compressed audio at high concurrency.",
+)
+@click.option(
     "--chunk-ms",
     type=click.IntRange(10, 10_000),
     default=100,
@@ -289,6 +296,7 @@ def run(manifest: Path, out: Path | None, **options: Any) -> None:
         transcribe_input=not options["no_transcription"],
         pace=options["pace"],
         chunk_ms=options["chunk_ms"],
+        decode_processes=options["decode_processes"],
         output_seconds=options["output_seconds"],
         connect_timeout=options["connect_timeout"],
         first_event_timeout=options["first_event_timeout"],

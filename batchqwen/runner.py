@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import multiprocessing
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -101,8 +104,11 @@ async def process_item(
     limiter: Limiter,
     *,
     event_log: Callable[[str, str, dict[str, Any]], None] | None = None,
+    decoder: Executor | None = None,
 ) -> results.ResultRow:
     """Prepare, stream and collect one item; return its result row.
+
+    Decoding runs in ``decoder`` (a process pool spreads it over the cores) or, by default, in a thread.
 
     Item-level problems (bad media, a permanent server refusal, retries exhausted) become a failed row.
     Raises FatalRunError for account-level errors and BudgetExceeded when the cap stops new sessions.
@@ -124,9 +130,10 @@ async def process_item(
         return results.failed_row(item, exc, attempts=0, secrets=secrets, started_at=started, finished_at=_now())
     chosen = {"model": plan.model.name, "voice": plan.voice, "modalities": ",".join(plan.modalities)}
     try:
-        prepared = await asyncio.to_thread(
+        prepare = functools.partial(
             media.prepare_item, item, video_fps=config.video_fps, pad_silence_seconds=plan.pad_silence_seconds
         )
+        prepared = await asyncio.get_running_loop().run_in_executor(decoder, prepare)
     except ItemError as exc:
         return results.failed_row(
             item, exc, attempts=0, secrets=secrets, started_at=started, finished_at=_now(), **chosen
@@ -390,6 +397,15 @@ def _pending_items(
         yield item
 
 
+def _decoder_pool(processes: int) -> ProcessPoolExecutor | None:
+    """Worker processes for decoding, or None for the default thread: a thread shares the GIL with the
+    event loop, so on a busy run decoding and sessions take turns on one core."""
+    if processes <= 0:
+        return None
+    # spawn, not fork: the event loop's threads and sockets must not be copied into the workers
+    return ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"))
+
+
 async def run(
     config: RunConfig,
     *,
@@ -524,7 +540,7 @@ async def _run_locked(
                 item = next(items, None)
                 if item is None:
                     return
-                task = asyncio.create_task(process_item(item, ctx, limiter, event_log=event_log))
+                task = asyncio.create_task(process_item(item, ctx, limiter, event_log=event_log, decoder=decoder))
                 in_flight.add(task)
                 try:
                     row = await task
@@ -556,6 +572,7 @@ async def _run_locked(
                 progress.update(record)
 
         event_log = EventLog(config.log_events, secrets) if config.log_events else None
+        decoder = _decoder_pool(config.decode_processes)
         workers = [asyncio.create_task(worker()) for _ in range(config.concurrency)]
         last_checkpoint = time.monotonic()
         try:
@@ -579,6 +596,8 @@ async def _run_locked(
                 task.cancel()
             await asyncio.gather(*workers, *in_flight, return_exceptions=True)
             remove_handlers()
+            if decoder is not None:
+                decoder.shutdown(wait=False, cancel_futures=True)
             progress.close()
             journal.close()
             if event_log is not None:

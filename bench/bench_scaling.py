@@ -26,7 +26,14 @@ HERE = Path(__file__).resolve().parent
 
 
 def measure(
-    items: int, single: int, levels: list[int], *, latency: float = 1.0, fmt: str = "mp3", chunk_ms: int = 100
+    items: int,
+    single: int,
+    levels: list[int],
+    *,
+    latency: float = 1.0,
+    fmt: str = "mp3",
+    chunk_ms: int = 100,
+    decode_processes: int = 0,
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench_scaling_") as tmp:
@@ -40,7 +47,7 @@ def measure(
                 sim_cpu0 = sim.cpu_seconds()
                 child = run_child(
                     [str(HERE / "drive.py"), "runner", str(manifest), sim.url, str(c), str(folder / f"out{c}")],
-                    env={"BENCH_CHUNK_MS": str(chunk_ms)},
+                    env={"BENCH_CHUNK_MS": str(chunk_ms), "BENCH_DECODE_PROCESSES": str(decode_processes)},
                 )
                 sim_cpu = sim.cpu_seconds() - sim_cpu0
                 data = child.data
@@ -117,10 +124,13 @@ def main() -> None:
         "--format", default="mp3", choices=["mp3", "wav"], help="mp3 44.1 kHz stereo or wav 16 kHz mono"
     )
     parser.add_argument("--chunk-ms", type=int, default=100, help="audio per append event (run --chunk-ms)")
+    parser.add_argument("--decode-processes", type=int, default=0, help="run --decode-processes")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     levels = [int(c) for c in args.levels.split(",")]
-    rows = measure(args.items, args.single, levels, fmt=args.format, chunk_ms=args.chunk_ms)
+    rows = measure(
+        args.items, args.single, levels, fmt=args.format, chunk_ms=args.chunk_ms, decode_processes=args.decode_processes
+    )
     print(json.dumps(rows) if args.json else render(rows))
 
 

@@ -52,6 +52,7 @@ def drive_runner(manifest: Path, url: str, concurrency: int, out: Path) -> dict[
         progress=False,
         quiet=True,
         chunk_ms=int(os.environ.get("BENCH_CHUNK_MS", "100")),
+        decode_processes=int(os.environ.get("BENCH_DECODE_PROCESSES", "0")),
     )
     cpu0, wall0 = time.process_time(), time.perf_counter()
     outcome = asyncio.run(run(config))

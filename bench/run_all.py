@@ -62,6 +62,12 @@ def main() -> None:
         "1. Concurrency scaling: 5 s MP3 speech (44.1 kHz stereo, decoded per item), simulator latency 1 s",
         bench_scaling.render(rows),
     )
+    print("1a. concurrency scaling (MP3 items, 2 decode processes) ...", file=sys.stderr, flush=True)
+    rows = bench_scaling.measure(40 if q else 400, 4 if q else 10, [1, 32] if q else [1, 32, 128], decode_processes=2)
+    section(
+        "1a. The same MP3 items decoded in 2 worker processes (`run --decode-processes 2`)",
+        bench_scaling.render(rows),
+    )
     print("1b. concurrency scaling (16 kHz WAV items, no decoding) ...", file=sys.stderr, flush=True)
     rows = bench_scaling.measure(40 if q else 400, 4 if q else 10, [1, 32] if q else [1, 32, 128], fmt="wav")
     section(

@@ -263,3 +263,17 @@ def test_user_mistakes_are_usage_errors_not_tracebacks(
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_decoding_in_worker_processes_gives_the_same_results(good_job: Path, tmp_path: Path) -> None:
+    runs = {}
+    for processes in ("0", "2"):
+        out = tmp_path / f"out{processes}"
+        args = ["run", str(good_job / "manifest.csv"), "--simulate", "--out", str(out)]
+        result = CliRunner().invoke(main, [*args, "--decode-processes", processes])
+        assert result.exit_code == 0, result.output
+        runs[processes] = _read_results(out)
+    for item_id, row in runs["0"].items():
+        other = runs["2"][item_id]
+        for column in ("input_audio_seconds", "image_count", "est_input_audio_tokens", "usage_input_tokens"):
+            assert row[column] == other[column], (item_id, column)
