@@ -406,6 +406,16 @@ def _decoder_pool(processes: int) -> ProcessPoolExecutor | None:
     return ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"))
 
 
+def _estimated_cost_already_done(config: RunConfig, done: results.JournalIndex) -> float:
+    """The estimated cost of the items in scope that are already ok with unchanged content."""
+    total = 0.0
+    for item in manifest.iter_items(config.manifest, limit=config.limit):
+        entry = done.entries.get(item.id)
+        if entry is not None and not results.needs_run(item, entry.as_record()):
+            total += entry.est_cost or 0.0
+    return total
+
+
 async def run(
     config: RunConfig,
     *,
@@ -477,8 +487,8 @@ async def _run_locked(
             video_fps=config.video_fps,
             voice=config.voice,
         )
-        # items already ok are not run again: take their estimate off the total
-        already = sum(e.est_cost or 0.0 for e in done.entries.values() if e.status == results.STATUS_OK)
+        # items of this manifest (and --limit) that will not run again: take their estimate off the total
+        already = await asyncio.to_thread(_estimated_cost_already_done, config, done)
         remaining = None if report.total_cost is None else max(0.0, report.total_cost - already)
         if remaining is None:
             log.warning("some items' model has no known price: the budget cap only covers priced items")
