@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo lint bench coverage clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check batchqwen tests bench
 	$(BIN)/ruff format --check batchqwen tests bench
 	$(BIN)/mypy
+
+coverage: $(STAMP)
+	$(BIN)/pytest -q --cov --cov-report=term
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
