@@ -13,49 +13,20 @@ import argparse
 import csv
 import resource
 import shutil
+import sys
 import tempfile
 import time
 import tracemalloc
-import wave
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 
 from batchqwen.cost import OutputAssumption, load_prices
 from batchqwen.estimate import DEFAULT_WORKERS, EstimateReport, estimate_manifest, format_report
 
-RATE = 16_000
-
-
-def _tone(seconds: float, pitch: float) -> np.ndarray:  # type: ignore[type-arg]
-    t = np.arange(round(seconds * RATE)) / RATE
-    return (np.sin(2 * np.pi * pitch * t) * 8000).astype(np.int16)
-
-
-def _wav(path: Path, seconds: float, pitch: float) -> None:
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(RATE)
-        wav.writeframes(_tone(seconds, pitch).tobytes())
-
-
-def _encoded(path: Path, seconds: float, pitch: float, codec: str, fmt: str) -> None:
-    pcm = _tone(seconds, pitch)
-    with av.open(str(path), "w", format=fmt) as out:
-        stream = out.add_stream(codec, rate=RATE)
-        assert isinstance(stream, av.AudioStream)
-        stream.layout = "mono"
-        for start in range(0, len(pcm), 1152):
-            frame = av.AudioFrame.from_ndarray(pcm[start : start + 1152].reshape(1, -1), format="s16", layout="mono")
-            frame.sample_rate = RATE
-            frame.pts = start
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from media_factory import write_audio
 
 
 def make_media(folder: Path, distinct: int) -> dict[str, list[str]]:
@@ -66,10 +37,8 @@ def make_media(folder: Path, distinct: int) -> dict[str, list[str]]:
     kinds: dict[str, list[str]] = {"wav": [], "mp3": [], "flac": [], "jpg": [], "png": []}
     for i in range(distinct):
         seconds = float(rng.uniform(0.5, 4.0))
-        pitch = float(rng.uniform(200, 800))
-        _wav(media / f"a{i}.wav", seconds, pitch)
-        _encoded(media / f"a{i}.mp3", seconds, pitch, "libmp3lame", "mp3")
-        _encoded(media / f"a{i}.flac", seconds, pitch, "flac", "flac")
+        for suffix in ("wav", "mp3", "flac"):
+            write_audio(media / f"a{i}.{suffix}", seconds=seconds, rate=16_000, channels=1, seed=i)
         size = (int(rng.integers(64, 1280)), int(rng.integers(64, 1280)))
         color = tuple(int(c) for c in rng.integers(0, 255, 3))
         Image.new("RGB", size, color).save(media / f"i{i}.jpg", quality=80)
