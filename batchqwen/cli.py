@@ -309,7 +309,7 @@ def run(manifest: Path, out: Path | None, **options: Any) -> None:
     )
     _call(_validate_defaults, config)
     if config.base_url and not config.simulate:
-        from batchqwen.client import url_for
+        from batchqwen.realtime.client import url_for
 
         _call(url_for, config.base_url, config.model)  # a bad URL is a usage error now, not a failed item
     elif config.base_url:
@@ -449,7 +449,7 @@ def simulate(host: str, port: int, api_keys: tuple[str, ...], **options: Any) ->
 
     Per-connection faults: add `&sim_fault=disconnect|server_error|hang|malformed|throttle` to the URL.
     """
-    from batchqwen.simulator import SimulatorConfig, serve
+    from batchqwen.sim.server import SimulatorConfig, serve
 
     config = _call(
         SimulatorConfig,

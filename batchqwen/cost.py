@@ -24,8 +24,8 @@ from typing import Any
 
 from batchqwen.config import normalize_region
 from batchqwen.errors import UsageError
-from batchqwen.events import Usage
 from batchqwen.models import ALIASES, ModelInfo, audio_tokens, image_tokens
+from batchqwen.realtime.events import Usage
 from batchqwen.tokens import count_text_tokens
 
 PER_TOKENS = 1_000_000  # prices are per 1M tokens

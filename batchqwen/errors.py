@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from batchqwen.events import Usage
+    from batchqwen.realtime.events import Usage
 
 
 class BatchQwenError(Exception):

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchqwen.events import Usage
 from batchqwen.models import ModelInfo
+from batchqwen.realtime.events import Usage
 
 INPUT_SAMPLE_RATE = 16_000
 INPUT_BYTES_PER_SECOND = INPUT_SAMPLE_RATE * 2  # PCM16 mono

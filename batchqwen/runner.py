@@ -25,15 +25,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from batchqwen import cost, manifest, media, results
-from batchqwen.client import ClientSettings, run_turn
 from batchqwen.config import RunConfig
 from batchqwen.errors import AdmissionClosed, BatchQwenError, BudgetExceeded, FatalRunError, ItemError, UsageError
-from batchqwen.events import Usage
 from batchqwen.items import INPUT_BYTES_PER_SECOND, Item, PreparedInput, TurnRequest
 from batchqwen.limiter import Limiter
 from batchqwen.lock import RunLock
 from batchqwen.models import get_model
 from batchqwen.plan import ItemPlan, plan_item
+from batchqwen.realtime.client import ClientSettings, run_turn
+from batchqwen.realtime.events import Usage
 from batchqwen.retry import backoff_delays, classify, is_throttling
 
 log = logging.getLogger("batchqwen")
@@ -342,7 +342,7 @@ async def _endpoint(config: RunConfig) -> AsyncIterator[tuple[str, str]]:
             raise UsageError("no API key: set DASHSCOPE_API_KEY or pass --api-key (or use --simulate / --dry-run)")
         yield config.url, config.api_key
         return
-    from batchqwen.simulator import Simulator, SimulatorConfig
+    from batchqwen.sim.server import Simulator, SimulatorConfig
 
     async with Simulator(SimulatorConfig(), host="127.0.0.1", port=0) as sim:
         yield sim.url, config.api_key or "sk-simulator"

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from batchqwen.client import ClientSettings, run_turn
 from batchqwen.errors import HandshakeRejected
 from batchqwen.items import PreparedInput, TurnRequest
 from batchqwen.limiter import Limiter
 from batchqwen.models import get_model
-from batchqwen.simulator import SimulatorConfig, SimulatorThread
+from batchqwen.realtime.client import ClientSettings, run_turn
+from batchqwen.sim.server import SimulatorConfig, SimulatorThread
 
 MODEL = "qwen3-omni-flash-realtime"
 KEY = "sk-bench"

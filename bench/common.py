@@ -71,7 +71,7 @@ def write_manifest(path: Path, rows: int, media: list[tuple[str, str]], *, prefi
 
 
 class SimulatorProcess:
-    """``batchqwen.simulator.serve`` in a child process on a free loopback port; ``url`` once listening."""
+    """``batchqwen.sim.server.serve`` in a child process on a free loopback port; ``url`` once listening."""
 
     def __init__(self, **config: Any):
         self.config = config
@@ -81,7 +81,7 @@ class SimulatorProcess:
     def __enter__(self) -> SimulatorProcess:
         code = (
             "import sys\n"
-            "from batchqwen.simulator import serve, SimulatorConfig\n"
+            "from batchqwen.sim.server import serve, SimulatorConfig\n"
             f"serve(SimulatorConfig(**{self.config!r}), '127.0.0.1', 0, ready=lambda url: print(url, flush=True))\n"
         )
         self.proc = subprocess.Popen([PYTHON, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)

@@ -26,11 +26,11 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from batchqwen import media, results
-from batchqwen.client import ClientSettings, run_turn
 from batchqwen.config import RunConfig
 from batchqwen.items import Item, PreparedInput, TurnRequest
 from batchqwen.manifest import iter_items
 from batchqwen.models import get_model
+from batchqwen.realtime.client import ClientSettings, run_turn
 from batchqwen.runner import run
 
 MODEL = "qwen3-omni-flash-realtime"

@@ -123,7 +123,7 @@ def main() -> None:
         f"Machine: `nproc` {info['nproc']}, Python {info['python']}, CPU {info['cpu']}, Linux {info['kernel']}."
         " The machine is shared (other engineers' test runs load it): compare ratios within one run.",
         "",
-        "The simulator always runs in its own process (`batchqwen.simulator.serve` on 127.0.0.1, port 0); every"
+        "The simulator always runs in its own process (`batchqwen.sim.server.serve` on 127.0.0.1, port 0); every"
         " client under measurement runs in another (`bench/drive.py`), so CPU and RSS figures are the client's own."
         " rpm/tpm are set to 10^9 so the limiter never paces.",
     ]

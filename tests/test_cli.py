@@ -21,7 +21,7 @@ from media_factory import (
 )
 
 from batchqwen.cli import main
-from batchqwen.simulator import SimulatorConfig, SimulatorThread
+from batchqwen.sim.server import SimulatorConfig, SimulatorThread
 
 KEY = "sk-test-cli-0123456789abcdef"
 

@@ -17,7 +17,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.server import ServerConnection, serve
 
-from batchqwen.client import ClientSettings, redact_event, run_turn, url_for
 from batchqwen.errors import (
     ConnectionDropped,
     HandshakeRejected,
@@ -27,13 +26,14 @@ from batchqwen.errors import (
     TimedOut,
     UsageError,
 )
-from batchqwen.events import SessionCreated, to_json
 from batchqwen.items import PreparedInput, TurnRequest, TurnResult
 from batchqwen.models import audio_tokens, get_model
-from batchqwen.protocol import FunctionCall
+from batchqwen.realtime.client import ClientSettings, redact_event, run_turn, url_for
+from batchqwen.realtime.events import SessionCreated, to_json
+from batchqwen.realtime.protocol import FunctionCall
 from batchqwen.retry import backoff_delays, classify, is_throttling
-from batchqwen.sim_core import ServerSession, synthesize
-from batchqwen.simulator import Simulator, SimulatorConfig
+from batchqwen.sim.core import ServerSession, synthesize
+from batchqwen.sim.server import Simulator, SimulatorConfig
 
 FLASH = get_model("qwen3-omni-flash-realtime")
 OMNI35 = get_model("qwen3.5-omni-flash-realtime")

@@ -18,8 +18,8 @@ from batchqwen.cost import (
     usage_tokens,
 )
 from batchqwen.errors import UsageError
-from batchqwen.events import Usage
 from batchqwen.models import audio_tokens, get_model, image_tokens
+from batchqwen.realtime.events import Usage
 from batchqwen.tokens import count_text_tokens
 
 FLASH = get_model("qwen3-omni-flash-realtime")

@@ -16,7 +16,7 @@ from dashscope.audio.qwen_omni import MultiModality, OmniRealtimeCallback, OmniR
 from PIL import Image
 
 from batchqwen.models import audio_tokens, get_model, image_tokens
-from batchqwen.simulator import SimulatorConfig, SimulatorThread
+from batchqwen.sim.server import SimulatorConfig, SimulatorThread
 from batchqwen.tokens import count_text_tokens
 
 MODEL = "qwen3-omni-flash-realtime"

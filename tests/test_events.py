@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchqwen import events as ev
 from batchqwen.errors import ProtocolError
+from batchqwen.realtime import events as ev
 
 
 @pytest.mark.parametrize("cls", ev.CLIENT_EVENTS + ev.SERVER_EVENTS)

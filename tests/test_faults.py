@@ -21,8 +21,8 @@ from media_factory import write_audio
 
 from batchqwen import manifest, media, runner
 from batchqwen.config import RunConfig
-from batchqwen.sim_core import input_fingerprint
-from batchqwen.simulator import SimulatorConfig, SimulatorThread
+from batchqwen.sim.core import input_fingerprint
+from batchqwen.sim.server import SimulatorConfig, SimulatorThread
 
 KEY = "sk-nightly-0123456789abcdef"
 PYTHON = sys.executable

@@ -21,7 +21,9 @@ from batchqwen.errors import (
     ServerError,
     UsageError,
 )
-from batchqwen.events import (
+from batchqwen.items import PreparedInput, TimedImage, TurnRequest
+from batchqwen.models import audio_tokens, get_model, image_tokens
+from batchqwen.realtime.events import (
     ConversationItemCreate,
     ConversationItemCreated,
     Error,
@@ -55,10 +57,8 @@ from batchqwen.events import (
     parse_event,
     to_json,
 )
-from batchqwen.items import PreparedInput, TimedImage, TurnRequest
-from batchqwen.models import audio_tokens, get_model, image_tokens
-from batchqwen.protocol import ClientTurn, FunctionCall, State, build_session_config
-from batchqwen.sim_core import ServerSession, SimulatorConfig, synthesize
+from batchqwen.realtime.protocol import ClientTurn, FunctionCall, State, build_session_config
+from batchqwen.sim.core import ServerSession, SimulatorConfig, synthesize
 from batchqwen.tokens import count_text_tokens
 
 FLASH = get_model("qwen3-omni-flash-realtime")

@@ -24,7 +24,7 @@ from batchqwen.errors import (
     TimedOut,
 )
 from batchqwen.retry import backoff_delays, classify, is_throttling
-from batchqwen.simulator import Simulator, SimulatorConfig
+from batchqwen.sim.server import Simulator, SimulatorConfig
 
 KEY = "sk-runner-test-key-0001"
 FAST = runner.RetryPolicy(base_delay=0.01, max_delay=0.05, throttle_base_delay=0.05, throttle_max_delay=0.1)

@@ -17,8 +17,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 
 from batchqwen.models import audio_tokens, get_model, image_tokens
-from batchqwen.sim_core import IMAGE_BEFORE_AUDIO, input_fingerprint
-from batchqwen.simulator import Simulator, SimulatorConfig
+from batchqwen.sim.core import IMAGE_BEFORE_AUDIO, input_fingerprint
+from batchqwen.sim.server import Simulator, SimulatorConfig
 from batchqwen.tokens import count_text_tokens
 
 FLASH = "qwen3-omni-flash-realtime"

@@ -1,6 +1,6 @@
 """A local WebSocket server that speaks the Qwen-Omni Realtime protocol, with switchable faults.
 
-The session logic lives in :mod:`batchqwen.sim_core` (no I/O); this module adds what only a server
+The session logic lives in :mod:`batchqwen.sim.core` (no I/O); this module adds what only a server
 can do: the handshake (path, ``model`` query parameter, ``Authorization: Bearer`` key), rate limits
 (sessions and tokens per sliding minute), latency, faults, idle and lifetime cuts, and counters.
 
@@ -38,9 +38,9 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from batchqwen import events as ev
 from batchqwen.errors import ProtocolError
-from batchqwen.sim_core import FAULT_KINDS, ServerSession, SimulatorConfig
+from batchqwen.realtime import events as ev
+from batchqwen.sim.core import FAULT_KINDS, ServerSession, SimulatorConfig
 
 __all__ = [
     "FAULT_KINDS",
@@ -72,7 +72,7 @@ class SimulatorStats:
     responses_completed: int = 0
     responses_cancelled: int = 0
     faults: dict[str, int] = field(default_factory=dict)  # kind -> count (also idle / lifetime cuts)
-    delivered: dict[str, int] = field(default_factory=dict)  # sim_core.input_fingerprint -> count
+    delivered: dict[str, int] = field(default_factory=dict)  # core.input_fingerprint -> count
 
     def count_fault(self, kind: str) -> None:
         self.faults[kind] = self.faults.get(kind, 0) + 1
@@ -475,7 +475,7 @@ def _announce(url: str) -> None:
     print(f"batchqwen simulator listening on {url}?model=MODEL", file=sys.stderr, flush=True)
 
 
-if __name__ == "__main__":  # python -m batchqwen.simulator [--port N] [--host H]
+if __name__ == "__main__":  # python -m batchqwen.sim.server [--port N] [--host H]
     args = sys.argv[1:]
     options = dict(zip(args[::2], args[1::2], strict=False))
     serve(SimulatorConfig(), options.get("--host", "127.0.0.1"), int(options.get("--port", "8765")))

@@ -1,4 +1,4 @@
-"""The asyncio + ``websockets`` pump around :class:`batchqwen.protocol.ClientTurn`: one item, one session.
+"""The asyncio + ``websockets`` pump around :class:`batchqwen.realtime.protocol.ClientTurn`: one item, one session.
 
 :func:`run_turn` opens the connection (URL, headers, open timeout), runs a sender task (session.update,
 audio and images, paced or not, commit, response.create, session.finish) beside a receiver task (server
@@ -29,15 +29,15 @@ from batchqwen.errors import (
     TimedOut,
     UsageError,
 )
-from batchqwen.events import (
+from batchqwen.items import TurnRequest, TurnResult
+from batchqwen.realtime.events import (
     InputAudioBufferAppend,
     InputImageBufferAppend,
     event_from_dict,
     event_to_dict,
     to_json,
 )
-from batchqwen.items import TurnRequest, TurnResult
-from batchqwen.protocol import DEFAULT_TRANSCRIPT_GRACE, ClientTurn, State, ToolHandler
+from batchqwen.realtime.protocol import DEFAULT_TRANSCRIPT_GRACE, ClientTurn, State, ToolHandler
 
 _USER_AGENT = f"batchqwen/{__version__}"
 

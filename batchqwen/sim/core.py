@@ -2,7 +2,7 @@
 
 :class:`ServerSession` consumes parsed client events and returns the server events the service would
 send, in order. It never sleeps, never touches a socket and never picks faults: latency, throttling,
-faults and timeouts belong to the WebSocket layer in :mod:`batchqwen.simulator`. A client core can
+faults and timeouts belong to the WebSocket layer in :mod:`batchqwen.sim.server`. A client core can
 therefore be tested against it in memory::
 
     server = ServerSession("qwen3-omni-flash-realtime")
@@ -41,9 +41,9 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from batchqwen import events as ev
 from batchqwen.errors import ProtocolError, UsageError
 from batchqwen.models import ModelInfo, audio_tokens, get_model, image_tokens
+from batchqwen.realtime import events as ev
 from batchqwen.tokens import count_text_tokens
 
 INPUT_RATE = 16_000
@@ -264,7 +264,7 @@ class ServerSession:
     :meth:`receive_frame` (a raw text frame, malformed JSON answered with an error);
     :attr:`should_close` (True once the service would close: after ``session.finished`` or a fatal
     error); :attr:`fingerprints` (response id -> :func:`input_fingerprint` of what it answered);
-    :attr:`usages` (response id -> :class:`~batchqwen.events.Usage`); :meth:`cancelled_done`.
+    :attr:`usages` (response id -> :class:`~batchqwen.realtime.events.Usage`); :meth:`cancelled_done`.
     """
 
     def __init__(self, model: str, *, config: SimulatorConfig | None = None, session_id: str | None = None):

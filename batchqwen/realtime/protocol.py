@@ -41,7 +41,8 @@ from batchqwen.errors import (
     ServerError,
     UsageError,
 )
-from batchqwen.events import (
+from batchqwen.items import INPUT_BYTES_PER_SECOND, TurnRequest, TurnResult
+from batchqwen.realtime.events import (
     ClientEvent,
     ConversationItemCreate,
     ConversationItemCreated,
@@ -78,7 +79,6 @@ from batchqwen.events import (
     UnknownEvent,
     Usage,
 )
-from batchqwen.items import INPUT_BYTES_PER_SECOND, TurnRequest, TurnResult
 
 #: session.update keys batchqwen sets itself; session_options may not override them
 RESERVED_SESSION_KEYS = frozenset(
