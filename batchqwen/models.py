@@ -16,12 +16,47 @@ TEXT_ONLY: tuple[str, ...] = ("text",)
 TEXT_AND_AUDIO: tuple[str, ...] = ("text", "audio")
 ALLOWED_MODALITIES: tuple[tuple[str, ...], ...] = (TEXT_ONLY, TEXT_AND_AUDIO)
 
+#: the protocol families (``batchqwen.realtime.families``): what a model's session looks like on the wire
+PROTOCOLS: tuple[str, ...] = ("omni", "omni_v38", "qwen_audio", "livetranslate", "livetranslate_v38")
+
 FLASH_VOICES: tuple[str, ...] = (
     "Cherry", "Ethan", "Nofish", "Jennifer", "Ryan", "Katerina", "Elias", "Jada", "Dylan",
     "Sunny", "Li", "Marcus", "Roy", "Peter", "Rocky", "Kiki", "Eric",
 )  # fmt: skip
 FLASH_1201_EXTRA_VOICES: tuple[str, ...] = ("Serena", "Chelsie")
 TURBO_VOICES: tuple[str, ...] = ("Chelsie", "Cherry", "Serena", "Ethan")
+#: qwen3.5-omni: the Qwen-Omni realtime examples use Tina; Cherry is reported to be accepted by
+#: session.update on qwen3.5-omni-flash-realtime and then never answer (QwenAudio/qwen-audio-agent #334),
+#: so it is left out of the list and a request for it is refused with that reason
+QWEN35_VOICES: tuple[str, ...] = ("Tina", *(v for v in FLASH_VOICES + FLASH_1201_EXTRA_VOICES if v != "Cherry"))
+QWEN35_VOICES_SOURCE = "Model Studio 'Qwen-Omni-Realtime' examples (voice Tina); QwenAudio/qwen-audio-agent #334"
+QWEN35_BROKEN_VOICES: dict[str, str] = {
+    "Cherry": "reported accepted by session.update on qwen3.5-omni-flash-realtime and then never answering"
+    " (QwenAudio/qwen-audio-agent #334); use Tina",
+}
+LIVETRANSLATE_VOICES: tuple[str, ...] = ("Cherry", "Nofish", "Jada", "Dylan", "Sunny", "Peter", "Kiki", "Eric")
+
+SOURCE_2025 = "Model Studio 'Qwen-Omni-Realtime' (2025) via reference/realtime-protocol.md"
+SOURCE_SDK = "dashscope 2.0.2 examples/01_atomic_capabilities/audio (not verified against the cloud by the SDK)"
+
+
+@dataclass(frozen=True)
+class Languages:
+    """What a translation model takes and gives: wire codes, and the targets it can also speak."""
+
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+    speech_targets: tuple[str, ...]
+    source: str
+
+LIVETRANSLATE_SOURCE = "Model Studio 'Real-time audio and video translation - Qwen' (LiveTranslate)"
+# provisional until the language lists are read off the LiveTranslate page
+LIVETRANSLATE_LANGUAGES = Languages(
+    sources=("zh", "en", "ja", "ko", "fr", "de", "es", "ru", "it", "pt", "yue"),
+    targets=("zh", "en", "ja", "ko", "fr", "de", "es", "ru", "it", "pt", "yue"),
+    speech_targets=("zh", "en", "ja", "ko", "fr", "de", "es", "ru", "it", "pt", "yue"),
+    source=LIVETRANSLATE_SOURCE,
+)
 
 
 @dataclass(frozen=True)
@@ -29,7 +64,8 @@ class ModelInfo:
     """What batchqwen needs to know about one realtime model."""
 
     name: str
-    family: str
+    protocol: str  # the protocol family (one of PROTOCOLS): session shape, turn mode, end of session
+    series: str  # the model line the token rules belong to (e.g. qwen3-omni-flash)
     audio_tokens_per_second: float
     image_block_px: int
     voices: tuple[str, ...]
@@ -37,17 +73,30 @@ class ModelInfo:
     max_input_tokens: int
     max_output_tokens: int
     context_tokens: int
+    voices_source: str = SOURCE_2025
+    #: False where the family's full voice list is not published: any voice is sent, with a warning
+    voices_published: bool = True
+    #: True where cloned (enrolled) voices are documented: an id outside the list is sent, with a warning
+    cloned_voices: bool = False
+    #: voices the service is reported to accept and then never answer with: refused, with the reason
+    broken_voices: dict[str, str] = field(default_factory=dict)
     image_min_tokens: int = 4
     image_max_tokens: int = 1280
     min_audio_seconds: float = 1.0  # audio shorter than this is billed as this
     input_sample_rate: int = 16_000
     output_sample_rate: int = 24_000
     text_input: bool = False  # conversation.item.create with input_text (qwen3.5-omni and later)
+    instructions: bool = True  # takes session instructions (a prompt can travel there)
+    images: bool = True  # takes input_image_buffer.append
+    #: answers the item's own speech: a row with no audio or video is refused, not padded with silence
+    needs_item_audio: bool = False
     tools: bool = False  # function calling (qwen3.5-omni and later)
+    translation: Languages | None = None  # LiveTranslate: the languages it serves
     sampling_params: bool = True  # turbo accepts no temperature/top_p/top_k/seed
     default_rpm: int = 60
     default_tpm: int = 100_000
     token_rules_confirmed: bool = True
+    session_lifetime_seconds: float = 120 * 60  # Model Studio "Qwen-Omni-Realtime", updated 2026-03-31
     snapshots: tuple[str, ...] = field(default=())
 
 
@@ -56,7 +105,8 @@ REGISTRY: dict[str, ModelInfo] = {
     for m in (
         ModelInfo(
             name="qwen3-omni-flash-realtime",
-            family="qwen3-omni-flash",
+            protocol="omni",
+            series="qwen3-omni-flash",
             audio_tokens_per_second=12.5,
             image_block_px=32,
             voices=FLASH_VOICES + FLASH_1201_EXTRA_VOICES,
@@ -68,7 +118,8 @@ REGISTRY: dict[str, ModelInfo] = {
         ),
         ModelInfo(
             name="qwen-omni-turbo-realtime",
-            family="qwen-omni-turbo",
+            protocol="omni",
+            series="qwen-omni-turbo",
             audio_tokens_per_second=25.0,
             image_block_px=28,
             voices=TURBO_VOICES,
@@ -81,11 +132,15 @@ REGISTRY: dict[str, ModelInfo] = {
         ),
         ModelInfo(
             name="qwen3.5-omni-flash-realtime",
-            family="qwen3.5-omni",
+            protocol="omni",
+            series="qwen3.5-omni",
             audio_tokens_per_second=12.5,
             image_block_px=32,
-            voices=FLASH_VOICES + FLASH_1201_EXTRA_VOICES,
-            default_voice="Cherry",
+            voices=QWEN35_VOICES,
+            default_voice="Tina",
+            voices_source=QWEN35_VOICES_SOURCE,
+            cloned_voices=True,
+            broken_voices=QWEN35_BROKEN_VOICES,
             max_input_tokens=49_152,
             max_output_tokens=16_384,
             context_tokens=65_536,
@@ -95,16 +150,104 @@ REGISTRY: dict[str, ModelInfo] = {
         ),
         ModelInfo(
             name="qwen3.5-omni-plus-realtime",
-            family="qwen3.5-omni",
+            protocol="omni",
+            series="qwen3.5-omni",
             audio_tokens_per_second=12.5,
             image_block_px=32,
-            voices=FLASH_VOICES + FLASH_1201_EXTRA_VOICES,
-            default_voice="Cherry",
+            voices=QWEN35_VOICES,
+            default_voice="Tina",
+            voices_source=QWEN35_VOICES_SOURCE,
+            cloned_voices=True,
+            broken_voices=QWEN35_BROKEN_VOICES,
             max_input_tokens=49_152,
             max_output_tokens=16_384,
             context_tokens=65_536,
             text_input=True,
             tools=True,
+            token_rules_confirmed=False,
+        ),
+        ModelInfo(
+            name="qwen3.8-omni-flash-realtime",
+            protocol="omni_v38",
+            series="qwen3.8-omni",
+            audio_tokens_per_second=12.5,
+            image_block_px=32,
+            voices=("longanlingxin",),
+            default_voice="longanlingxin",
+            voices_source=SOURCE_SDK + ": realtime_omni.py",
+            voices_published=False,
+            max_input_tokens=49_152,
+            max_output_tokens=16_384,
+            context_tokens=65_536,
+            token_rules_confirmed=False,
+        ),
+        ModelInfo(
+            name="qwen-audio-3.0-realtime-plus",
+            protocol="qwen_audio",
+            series="qwen-audio-3.0",
+            audio_tokens_per_second=12.5,
+            image_block_px=32,
+            voices=("longanqian",),
+            default_voice="longanqian",
+            voices_source=SOURCE_SDK + ": realtime_qwen_audio.py",
+            voices_published=False,
+            max_input_tokens=49_152,
+            max_output_tokens=16_384,
+            context_tokens=65_536,
+            images=False,
+            needs_item_audio=True,
+            token_rules_confirmed=False,
+        ),
+        ModelInfo(
+            name="qwen3-livetranslate-flash-realtime",
+            protocol="livetranslate",
+            series="qwen3-livetranslate-flash",
+            audio_tokens_per_second=12.5,
+            image_block_px=32,
+            voices=LIVETRANSLATE_VOICES,
+            default_voice="Cherry",
+            voices_source=LIVETRANSLATE_SOURCE,
+            max_input_tokens=49_152,
+            max_output_tokens=4_096,
+            context_tokens=53_248,
+            instructions=False,
+            needs_item_audio=True,
+            translation=LIVETRANSLATE_LANGUAGES,
+            token_rules_confirmed=False,
+            snapshots=("2025-09-22",),
+        ),
+        ModelInfo(
+            name="qwen3.5-livetranslate-flash-realtime",
+            protocol="livetranslate",
+            series="qwen3.5-livetranslate-flash",
+            audio_tokens_per_second=12.5,
+            image_block_px=32,
+            voices=LIVETRANSLATE_VOICES,
+            default_voice="Cherry",
+            voices_source=LIVETRANSLATE_SOURCE,
+            max_input_tokens=49_152,
+            max_output_tokens=4_096,
+            context_tokens=53_248,
+            instructions=False,
+            needs_item_audio=True,
+            translation=LIVETRANSLATE_LANGUAGES,
+            token_rules_confirmed=False,
+        ),
+        ModelInfo(
+            name="qwen3.8-livetranslate-flash-realtime",
+            protocol="livetranslate_v38",
+            series="qwen3.8-livetranslate-flash",
+            audio_tokens_per_second=12.5,
+            image_block_px=32,
+            voices=LIVETRANSLATE_VOICES,
+            default_voice="Cherry",
+            voices_source=LIVETRANSLATE_SOURCE,
+            max_input_tokens=49_152,
+            max_output_tokens=4_096,
+            context_tokens=53_248,
+            instructions=False,
+            needs_item_audio=True,
+            translation=LIVETRANSLATE_LANGUAGES,
             token_rules_confirmed=False,
         ),
     )

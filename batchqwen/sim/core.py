@@ -381,7 +381,7 @@ class ServerSession:
         if isinstance(event, ev.ConversationItemCreate):
             return self._item_create(event.item)
         if isinstance(event, ev.SessionFinish):
-            family = self.model.family if self.model else ""
+            family = self.model.series if self.model else ""
             if (
                 self.model_name in self.config.finish_unsupported_models
                 or family in self.config.finish_unsupported_models
