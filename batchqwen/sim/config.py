@@ -1,0 +1,46 @@
+"""The simulator's settings: everything about it that does not depend on where it listens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+FAULT_KINDS: tuple[str, ...] = ("disconnect", "server_error", "hang", "malformed", "throttle")
+
+ThrottleMode = Literal["handshake", "error"]
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """Everything about the simulator that does not depend on where it listens.
+
+    Rates are probabilities per response, drawn from one ``random.Random(seed)`` per server.
+    """
+
+    api_keys: tuple[str, ...] = ()  # empty: any non-empty bearer key is accepted
+    latency_seconds: float = 0.0  # before the first event of each response
+    delta_delay_seconds: float = 0.0  # between two delta events of a response
+    rpm: int | None = None  # sessions per sliding window (a minute); None: unlimited
+    tpm: int | None = None  # tokens (of delivered responses) per sliding minute; None: unlimited
+    window_seconds: float = 60.0  # the quota window; shorter only to test or benchmark quotas quickly
+    throttle_mode: ThrottleMode = "handshake"  # handshake: HTTP 429; error: `error` Throttling.* then close
+    disconnect_rate: float = 0.0  # abrupt TCP drop mid-response, no close frame
+    server_error_rate: float = 0.0  # `error` of type server_error mid-response, then close
+    hang_rate: float = 0.0  # stop answering mid-response, connection left open
+    malformed_rate: float = 0.0  # a frame that is not JSON mid-response, then close
+    seed: int = 0
+    session_lifetime_seconds: float = 7200.0
+    idle_timeout_seconds: float = 300.0  # no client frame for this long: cut (pings do not count)
+    max_image_base64_bytes: int = 256 * 1024
+    max_frame_bytes: int = 4 * 1024 * 1024
+    word_ms: int = 60  # synthesized output audio per answer word
+    audio_delta_ms: int = 100  # output audio per response.audio.delta
+    finish_unsupported_models: tuple[str, ...] = ()  # models answering session.finish with an error
+
+    def fault_rates(self) -> dict[str, float]:
+        return {
+            "disconnect": self.disconnect_rate,
+            "server_error": self.server_error_rate,
+            "hang": self.hang_rate,
+            "malformed": self.malformed_rate,
+        }

@@ -1,0 +1,179 @@
+"""``session.update`` validation as the service does it: the update is checked as a whole, so a rejected
+update changes nothing, and every refusal is an ``invalid_request_error`` that leaves the session open."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from batchqwen.models import ModelInfo
+from batchqwen.sim.analysis import INPUT_RATE, OUTPUT_RATE
+
+AUDIO_FORMATS = ("pcm16", "pcm", "pcm24")
+SAMPLING_PARAMS = ("temperature", "top_p", "top_k", "seed", "presence_penalty", "repetition_penalty")
+DEFAULT_TURN_DETECTION: dict[str, Any] = {
+    "type": "server_vad",
+    "threshold": 0.5,
+    "prefix_padding_ms": 300,
+    "silence_duration_ms": 800,
+}
+MODALITIES = (["text"], ["audio", "text"])  # sorted
+
+
+class Rejected(Exception):
+    """A client event the service refuses with an invalid_request_error; the session stays open."""
+
+    def __init__(self, message: str, *, code: str = "invalid_value", param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.param = param
+
+
+def default_session(model_name: str, model: ModelInfo | None, session_id: str) -> dict[str, Any]:
+    """The effective session right after the handshake."""
+    return {
+        "id": session_id,
+        "object": "realtime.session",
+        "model": model_name,
+        "modalities": ["text", "audio"],
+        "voice": model.default_voice if model else "",
+        "input_audio_format": "pcm16",
+        "output_audio_format": "pcm24",
+        "instructions": "",
+        "input_audio_transcription": None,
+        "turn_detection": dict(DEFAULT_TURN_DETECTION),
+        "tools": [],
+        "tool_choice": "auto",
+        "temperature": None if model and not model.sampling_params else 0.9,
+        "max_tokens": "inf",
+    }
+
+
+def apply_update(model: ModelInfo, model_name: str, session: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """The session after ``update``, or :class:`Rejected` for the first invalid field."""
+    new = dict(session)
+    if "modalities" in update:
+        mods = update["modalities"]
+        if not isinstance(mods, list) or sorted(map(str, mods)) not in MODALITIES:
+            raise Rejected(
+                f"Invalid modalities: {mods!r}; supported: ['text'] and ['text', 'audio'].",
+                param="session.modalities",
+            )
+        new["modalities"] = ["text"] if mods == ["text"] else ["text", "audio"]
+    voice = update.get("voice")
+    if voice is not None:
+        if voice not in model.voices:
+            raise Rejected(
+                f"Invalid voice {voice!r} for {model_name}; supported: {', '.join(model.voices)}.",
+                param="session.voice",
+            )
+        new["voice"] = voice
+    for key in ("input_audio_format", "output_audio_format"):
+        value = update.get(key)
+        if value is not None:
+            if value not in AUDIO_FORMATS:
+                raise Rejected(
+                    f"Invalid {key} {value!r}; supported: {', '.join(AUDIO_FORMATS)}.",
+                    param=f"session.{key}",
+                )
+            new[key] = value
+    check_nested_audio(update.get("audio"))
+    if "instructions" in update:
+        text = update["instructions"]
+        if text is not None and not isinstance(text, str):
+            raise Rejected("instructions must be a string.", param="session.instructions")
+        new["instructions"] = text or ""
+    if "input_audio_transcription" in update:
+        value = update["input_audio_transcription"]
+        if value is not None and not isinstance(value, dict):
+            raise Rejected(
+                "input_audio_transcription must be an object or null.",
+                param="session.input_audio_transcription",
+            )
+        new["input_audio_transcription"] = (
+            None if value is None else {**value, "model": value.get("model") or "gummy-realtime-v1"}
+        )
+    if "turn_detection" in update:
+        new["turn_detection"] = check_turn_detection(update["turn_detection"])
+    check_sampling(model, model_name, update, new)
+    if "tools" in update:
+        tools = update["tools"] or []
+        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+            raise Rejected("tools must be a list of objects.", param="session.tools")
+        if tools and update.get("enable_search"):
+            raise Rejected("tools and enable_search cannot be used together.", param="session.tools")
+        new["tools"] = tools
+    if "smooth_output" in update:
+        new["smooth_output"] = update["smooth_output"]
+    if "tool_choice" in update:
+        new["tool_choice"] = update["tool_choice"]
+    return new
+
+
+def check_nested_audio(audio: Any) -> None:
+    """The SDK's newer ``session.audio.{input,output}.format`` form: PCM at the model's rates only."""
+    if audio is None:
+        return
+    if not isinstance(audio, dict):
+        raise Rejected("audio must be an object.", param="session.audio")
+    for side, rate in (("input", INPUT_RATE), ("output", OUTPUT_RATE)):
+        fmt = (audio.get(side) or {}).get("format") if isinstance(audio.get(side), dict) else None
+        if fmt is None:
+            continue
+        if not isinstance(fmt, dict) or fmt.get("type", "pcm") not in AUDIO_FORMATS:
+            raise Rejected(f"Unsupported {side} audio format {fmt!r}.", param=f"session.audio.{side}.format.type")
+        if fmt.get("sample_rate", rate) != rate:
+            raise Rejected(
+                f"Unsupported {side} sample rate {fmt.get('sample_rate')!r}; only {rate} Hz.",
+                param=f"session.audio.{side}.format.sample_rate",
+            )
+
+
+def check_turn_detection(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise Rejected("turn_detection must be an object or null.", param="session.turn_detection")
+    merged = {**DEFAULT_TURN_DETECTION, **{k: v for k, v in value.items() if v is not None}}
+    if merged["type"] != "server_vad":
+        raise Rejected(
+            f"Invalid turn_detection type {merged['type']!r}; only 'server_vad'.",
+            param="session.turn_detection.type",
+        )
+    ranges = {
+        "threshold": (-1.0, 1.0),
+        "silence_duration_ms": (200, 6000),
+        "prefix_padding_ms": (0, 6000),
+    }
+    for key, (low, high) in ranges.items():
+        number = merged[key]
+        if isinstance(number, bool) or not isinstance(number, int | float) or not low <= number <= high:
+            raise Rejected(
+                f"Invalid turn_detection.{key} {number!r}; must be in [{low}, {high}].",
+                param=f"session.turn_detection.{key}",
+            )
+    return merged
+
+
+def check_sampling(model: ModelInfo, model_name: str, update: dict[str, Any], new: dict[str, Any]) -> None:
+    for key in SAMPLING_PARAMS:
+        if update.get(key) is None:
+            continue
+        if not model.sampling_params:
+            raise Rejected(f"Model {model_name} does not support parameter '{key}'.", param=f"session.{key}")
+        value = update[key]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Rejected(f"{key} must be a number.", param=f"session.{key}")
+        if (key == "temperature" and not 0 <= value < 2) or (key == "top_p" and not 0 < value <= 1):
+            raise Rejected(f"Invalid {key} {value!r}.", param=f"session.{key}")
+        new[key] = value
+    if update.get("max_tokens") is not None:
+        value = update["max_tokens"]
+        if value != "inf" and (
+            isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= model.max_output_tokens
+        ):
+            raise Rejected(
+                f"Invalid max_tokens {value!r}; must be in [1, {model.max_output_tokens}].",
+                param="session.max_tokens",
+            )
+        new["max_tokens"] = value
