@@ -15,9 +15,10 @@ from typing import Any
 import click
 
 from batchqwen import __version__
-from batchqwen.config import DEFAULT_REGION, REGION_URLS, RunConfig, normalize_region
+from batchqwen.config import RunConfig
 from batchqwen.errors import BatchQwenError, BudgetExceeded, LockHeld, ManifestError, UsageError
 from batchqwen.models import DEFAULT_MODEL, REGISTRY
+from batchqwen.realtime.gateways import DEFAULT_REGION, REGIONS, normalize_region
 
 EXIT_USAGE = 2
 EXIT_ABORTED = 3
@@ -88,8 +89,8 @@ def _modalities(value: str | None) -> tuple[str, ...] | None:
 
 def _check_region(region: str) -> str:
     name = normalize_region(region)
-    if name not in REGION_URLS:
-        raise click.BadParameter(f"unknown region {region!r}; use one of {', '.join(REGION_URLS)}")
+    if name not in REGIONS:
+        raise click.BadParameter(f"unknown region {region!r}; use one of {', '.join(REGIONS)}")
     return name
 
 
@@ -115,7 +116,26 @@ def _shared_options(func: Any) -> Any:
         click.option("--voice", default=None, help="Default voice (default: the model's)."),
         click.option("--modalities", default="text,audio", show_default=True, help="'text' or 'text,audio'."),
         click.option("--instructions", default=None, help="Default instructions for rows without their own."),
-        click.option("--region", default=DEFAULT_REGION, show_default=True, help="cn-beijing or ap-southeast-1."),
+        click.option(
+            "--region",
+            default=DEFAULT_REGION,
+            envvar="DASHSCOPE_REGION",
+            show_default=True,
+            show_envvar=True,
+            help=f"One of {', '.join(REGIONS)}.",
+        ),
+        click.option(
+            "--translate-to",
+            default=None,
+            metavar="LANG",
+            help="LiveTranslate models: translate into LANG (rows may set target_language; default en).",
+        ),
+        click.option(
+            "--source-language",
+            default=None,
+            metavar="LANG",
+            help="LiveTranslate models: the language spoken (default: detected by the service).",
+        ),
         click.option(
             "--prices",
             type=click.Path(path_type=Path, dir_okay=False, exists=True),
@@ -167,7 +187,7 @@ def _default_out(manifest: Path) -> Path:
     "--max-attempts", type=click.IntRange(1, 20), default=4, show_default=True, help="Sessions tried per item."
 )
 @click.option("--max-cost", type=click.FloatRange(min=0), default=None, help="Budget cap in the price currency.")
-@click.option("--base-url", default=None, help="WebSocket URL of the service (overrides --region).")
+@click.option("--base-url", default=None, help="WebSocket URL of the service (overrides --region and --workspace).")
 @click.option(
     "--api-key",
     default=None,
@@ -176,7 +196,13 @@ def _default_out(manifest: Path) -> Path:
     show_default=False,
     help="API key (default: $DASHSCOPE_API_KEY). Never logged.",
 )
-@click.option("--workspace", default=None, help="X-DashScope-WorkSpace header.")
+@click.option(
+    "--workspace",
+    default=None,
+    envvar="DASHSCOPE_WORKSPACE",
+    show_envvar=True,
+    help="Workspace id: its own gateway (recommended) and the X-DashScope-WorkSpace header.",
+)
 @click.option("--simulate", is_flag=True, help="Run against the built-in simulator, started in-process.")
 @click.option("--dry-run", is_flag=True, help="Estimate tokens and cost offline; open no connection.")
 @click.option(
@@ -278,6 +304,8 @@ def run(manifest: Path, out: Path | None, **options: Any) -> None:
         voice=options["voice"],
         modalities=modalities,
         instructions=options["instructions"],
+        translate_to=options["translate_to"],
+        source_language=options["source_language"],
         region=_check_region(options["region"]),
         base_url=options["base_url"],
         api_key=api_key,
@@ -330,22 +358,38 @@ def run(manifest: Path, out: Path | None, **options: Any) -> None:
 
 
 def _validate_defaults(config: RunConfig) -> None:
-    from batchqwen.models import get_model, validate_modalities, validate_voice
+    _check_defaults(config.model, config.voice, config.modalities, config.translate_to, config.source_language)
+    if not config.simulate:
+        config.url  # noqa: B018 (a bad workspace id is a usage error now, not a failed item)
 
-    model = get_model(config.model)
-    validate_voice(model, config.voice)
-    validate_modalities(config.modalities)
+
+def _check_defaults(
+    model_name: str, voice: str | None, modalities: tuple[str, ...], target: str | None, source: str | None
+) -> None:
+    """The run's defaults, checked before any session: an option the default model cannot serve is exit 2."""
+    from batchqwen.models import get_model, validate_modalities, validate_voice, voice_warning
+    from batchqwen.plan import check_translation
+
+    model = get_model(model_name)
+    chosen = validate_voice(model, voice)
+    warning = voice_warning(model, chosen)
+    if warning:
+        log.warning("%s", warning)
+    validate_modalities(modalities)
+    check_translation(model, target, source)
 
 
 def _estimate(manifest: Path, out: Path, options: dict[str, Any]) -> None:
     from batchqwen import cost
     from batchqwen.estimate import estimate_manifest, format_report
     from batchqwen.manifest import check_manifest
-    from batchqwen.models import get_model, validate_modalities, validate_voice
+    from batchqwen.models import validate_modalities
 
     def work() -> Any:
-        validate_voice(get_model(options["model"]), options["voice"])
         modalities = validate_modalities(_modalities(options["modalities"]) or ())
+        _check_defaults(
+            options["model"], options["voice"], modalities, options["translate_to"], options["source_language"]
+        )
         check_manifest(manifest)
         prices = cost.load_prices(options["prices"])
         output = cost.OutputAssumption(output_seconds_per_item=options["output_seconds"])
@@ -362,6 +406,8 @@ def _estimate(manifest: Path, out: Path, options: dict[str, Any]) -> None:
             out_dir=out,
             video_fps=options["video_fps"],
             voice=options["voice"],
+            target_language=options["translate_to"],
+            source_language=options["source_language"],
         )
 
     report = _call(work)
@@ -386,7 +432,14 @@ def models(prices: Path | None) -> None:
     book = _call(load_prices, prices)
     click.echo(f"prices: {book.currency} per 1M tokens; source: {book.source}; as of {book.as_of}")
     for model in REGISTRY.values():
-        caps = ["text input" if model.text_input else "prompt as instructions", "tools" if model.tools else "no tools"]
+        caps = [
+            f"family {model.protocol}",
+            "text input" if model.text_input else ("prompt as instructions" if model.instructions else "speech only"),
+            "tools" if model.tools else "no tools",
+            "images" if model.images else "no images",
+        ]
+        if model.translation is not None:
+            caps.append("translation")
         rules = (
             f"audio {model.audio_tokens_per_second:g} tok/s (min {model.min_audio_seconds:g} s), image 1 tok per"
             f" {model.image_block_px}x{model.image_block_px} px ({model.image_min_tokens}-{model.image_max_tokens})"
@@ -395,19 +448,26 @@ def models(prices: Path | None) -> None:
             f"\n{model.name}  [{', '.join(caps)}]{'' if model.token_rules_confirmed else '  (token rules unconfirmed)'}"
         )
         click.echo(
-            f"  {rules}; limits: {model.default_rpm} RPM, {model.default_tpm} TPM; output {model.output_sample_rate} Hz"
+            f"  {rules}; limits: {model.default_rpm} RPM, {model.default_tpm} TPM;"
+            f" output {model.output_sample_rate} Hz; session lifetime {model.session_lifetime_seconds / 60:g} min"
         )
-        click.echo(f"  voices: {', '.join(model.voices)} (default {model.default_voice})")
-        for region in REGION_URLS:
-            price = book.lookup(model.name, region)
-            if price is None:
-                click.echo(f"  {region}: no known price")
-            else:
-                click.echo(
-                    f"  {region}: in text {price.input_text:g}, audio {price.input_audio:g}, image "
-                    f"{price.input_image:g}; out text {price.output_text_textonly:g} (text-only input) / "
-                    f"{price.output_text_multimodal:g} (multimodal), text+audio {price.output_text_audio:g}"
-                )
+        listed = "" if model.voices_published else "; list not published: other voices are sent as given"
+        cloned = "; cloned voice ids accepted" if model.cloned_voices else ""
+        click.echo(f"  voices: {', '.join(model.voices)} (default {model.default_voice}{listed}{cloned})")
+        if model.translation is not None:
+            languages = model.translation
+            click.echo(f"  translates into: {', '.join(languages.targets)}")
+            click.echo(f"  with speech: {', '.join(languages.speech_targets)}")
+        priced = [(region, book.lookup(model.name, region)) for region in REGIONS]
+        shown = [(region, price) for region, price in priced if price is not None]
+        if not shown:
+            click.echo("  no known price (estimates report its cost as unknown, never as zero)")
+        for region, price in shown:
+            click.echo(
+                f"  {region}: in text {price.input_text:g}, audio {price.input_audio:g}, image "
+                f"{price.input_image:g}; out text {price.output_text_textonly:g} (text-only input) / "
+                f"{price.output_text_multimodal:g} (multimodal), text+audio {price.output_text_audio:g}"
+            )
 
 
 @main.command()

@@ -6,27 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchqwen.models import DEFAULT_MODEL, TEXT_AND_AUDIO
-
-REGION_URLS: dict[str, str] = {
-    "cn-beijing": "wss://dashscope.aliyuncs.com/api-ws/v1/realtime",
-    "ap-southeast-1": "wss://dashscope-intl.aliyuncs.com/api-ws/v1/realtime",
-}
-#: friendly region names accepted wherever a region is asked for
-REGION_ALIASES: dict[str, str] = {
-    "beijing": "cn-beijing",
-    "cn": "cn-beijing",
-    "china": "cn-beijing",
-    "singapore": "ap-southeast-1",
-    "intl": "ap-southeast-1",
-    "international": "ap-southeast-1",
-}
-DEFAULT_REGION = "cn-beijing"
-
-
-def normalize_region(region: str) -> str:
-    """``cn-beijing`` / ``ap-southeast-1``, also accepting ``beijing``, ``singapore``, ``intl``..."""
-    key = region.strip().lower()
-    return REGION_ALIASES.get(key, key)
+from batchqwen.realtime.gateways import DEFAULT_REGION, gateway_url, normalize_region
 
 
 @dataclass(frozen=True)
@@ -39,10 +19,12 @@ class RunConfig:
     voice: str | None = None
     modalities: tuple[str, ...] = TEXT_AND_AUDIO
     instructions: str | None = None
+    translate_to: str | None = None  # translation models: the target language of rows without their own
+    source_language: str | None = None  # translation models: the spoken language, when known
     region: str = DEFAULT_REGION
-    base_url: str | None = None  # overrides the region's URL (workspace hosts, the simulator)
+    base_url: str | None = None  # overrides the gateway URL (a proxy, the simulator)
     api_key: str | None = field(default=None, repr=False)
-    workspace: str | None = None
+    workspace: str | None = None  # the workspace-scoped gateway and the X-DashScope-WorkSpace header
     simulate: bool = False
     limit: int | None = None
     log_events: Path | None = None
@@ -80,4 +62,4 @@ class RunConfig:
 
     @property
     def url(self) -> str:
-        return self.base_url or REGION_URLS[self.resolved_region]
+        return self.base_url or gateway_url(self.resolved_region, self.workspace)

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchqwen.config import normalize_region
 from batchqwen.errors import UsageError
 from batchqwen.models import ALIASES, ModelInfo, audio_tokens, image_tokens
 from batchqwen.realtime.events import Usage
+from batchqwen.realtime.gateways import normalize_region
 from batchqwen.tokens import count_text_tokens
 
 PER_TOKENS = 1_000_000  # prices are per 1M tokens

@@ -35,7 +35,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchqwen.config import normalize_region
 from batchqwen.cost import (
     MODALITIES,
     ModelPrice,
@@ -56,6 +55,7 @@ from batchqwen.media import (
     probe_video,
 )
 from batchqwen.plan import plan_item
+from batchqwen.realtime.gateways import normalize_region
 from batchqwen.tokens import text_tokens_exact
 
 ESTIMATE_FILE = "estimate.parquet"
@@ -187,6 +187,8 @@ class _Settings:
     pad_silence_seconds: float
     video_fps: float
     max_video_frames: int
+    target_language: str | None = None
+    source_language: str | None = None
 
 
 def estimate_item(
@@ -200,10 +202,21 @@ def estimate_item(
     video_fps: float = 1.0,
     max_video_frames: int = DEFAULT_MAX_VIDEO_FRAMES,
     voice: str | None = None,
+    target_language: str | None = None,
+    source_language: str | None = None,
 ) -> RowEstimate:
     """Estimate one item from its media's metadata; a local problem becomes the row's ``problem``."""
     settings = _Settings(
-        default_model, voice, modalities, instructions, output, pad_silence_seconds, video_fps, max_video_frames
+        default_model,
+        voice,
+        modalities,
+        instructions,
+        output,
+        pad_silence_seconds,
+        video_fps,
+        max_video_frames,
+        target_language,
+        source_language,
     )
     return _estimate_item(item, settings)
 
@@ -220,6 +233,8 @@ def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
             modalities=s.modalities,
             instructions=s.instructions,
             pad_silence_seconds=s.pad_silence_seconds,
+            target_language=s.target_language,
+            source_language=s.source_language,
         )
         model, model_name, modalities = plan.model, plan.model.name, plan.modalities
         validate_item(item)
@@ -309,6 +324,8 @@ def estimate_manifest(
     video_fps: float = 1.0,
     max_video_frames: int = DEFAULT_MAX_VIDEO_FRAMES,
     voice: str | None = None,
+    target_language: str | None = None,
+    source_language: str | None = None,
 ) -> EstimateReport:
     """Estimate tokens and cost of every row of the manifest at ``path``; no network access at all.
 
@@ -328,7 +345,16 @@ def estimate_manifest(
         text_tokens_exact=text_tokens_exact(),
     )
     settings = _Settings(
-        default_model, voice, modalities, instructions, output, pad_silence_seconds, video_fps, max_video_frames
+        default_model,
+        voice,
+        modalities,
+        instructions,
+        output,
+        pad_silence_seconds,
+        video_fps,
+        max_video_frames,
+        target_language,
+        source_language,
     )
     writer = _RowWriter(out_dir / ESTIMATE_FILE) if out_dir is not None else None
     max_in_flight = max(1, workers) * 4

@@ -28,6 +28,8 @@ class Item:
     model: str | None = None
     voice: str | None = None
     modalities: tuple[str, ...] | None = None
+    target_language: str | None = None  # translation models: translate into this language
+    source_language: str | None = None  # translation models: the spoken language, when known
     passthrough: dict[str, Any] = field(default_factory=dict)  # unknown columns, copied to results
     content_hash: str = ""  # row content + file size/mtime: a changed item under the same id is noticed
 
@@ -66,9 +68,21 @@ class TurnRequest:
     instructions: str | None = None
     prompt: str | None = None  # sent as an input_text item; only for models with text_input
     transcribe_input: bool = True
-    transcription_model: str = "gummy-realtime-v1"
+    transcription_model: str | None = None  # None: the protocol family's own
+    source_language: str | None = None  # translation models: the spoken language, when known
+    target_language: str | None = None  # translation models: the language to translate into
     chunk_bytes: int = CHUNK_BYTES
     session_options: dict[str, Any] = field(default_factory=dict)  # temperature, max_tokens, ... as given
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One utterance the service detected and answered on its own (LiveTranslate): times in the input."""
+
+    start_seconds: float | None
+    end_seconds: float | None
+    source_text: str  # the input transcription of the utterance (source language)
+    text: str  # the answer: the translation (text, or the transcript of the spoken translation)
 
 
 @dataclass
@@ -82,6 +96,7 @@ class TurnResult:
     output_transcript: str = ""  # response.audio_transcript.* (text+audio mode)
     output_pcm: bytes = b""  # PCM16LE mono at the model's output rate
     usage: Usage | None = None  # summed over the responses of the turn
+    utterances: list[Utterance] = field(default_factory=list)  # server-detected turns, in order
     connect_seconds: float | None = None
     first_text_seconds: float | None = None
     first_audio_seconds: float | None = None

@@ -36,6 +36,7 @@ from batchqwen.items import Item
 
 KNOWN_COLUMNS: tuple[str, ...] = (
     "id", "audio", "image", "video", "prompt", "instructions", "model", "voice", "modalities",
+    "target_language", "source_language",
 )  # fmt: skip
 INPUT_COLUMNS: tuple[str, ...] = ("audio", "image", "video", "prompt")
 PATH_COLUMNS: tuple[str, ...] = ("audio", "image", "video")
@@ -313,12 +314,15 @@ def _to_item(number: int, raw: RawRow, base: Path, where: str) -> Item | None:
     model = _text(raw.get("model"), "model", where)
     voice = _text(raw.get("voice"), "voice", where)
     modalities = _list_of_text(raw.get("modalities"), "modalities", where, ",")
+    target_language = _text(raw.get("target_language"), "target_language", where)
+    source_language = _text(raw.get("source_language"), "source_language", where)
     passthrough = {k: _passthrough_value(v) for k, v in raw.items() if k not in KNOWN_COLUMNS}
 
     # The row's content as written (paths as given, not resolved): moving the job folder keeps the ids.
     content: dict[str, Any] = {
         "audio": audio, "image": images or None, "video": video, "prompt": prompt,
         "instructions": instructions, "model": model, "voice": voice, "modalities": modalities or None,
+        "target_language": target_language, "source_language": source_language,
     }  # fmt: skip
     content.update({f"+{k}": _as_hash_text(v) for k, v in passthrough.items() if v is not None})
     content = {k: v for k, v in content.items() if v is not None}
@@ -347,6 +351,8 @@ def _to_item(number: int, raw: RawRow, base: Path, where: str) -> Item | None:
         model=model,
         voice=voice,
         modalities=tuple(modalities) or None,
+        target_language=target_language,
+        source_language=source_language,
         passthrough=passthrough,
         content_hash=content_hash,
     )

@@ -49,14 +49,38 @@ class Languages:
     speech_targets: tuple[str, ...]
     source: str
 
-LIVETRANSLATE_SOURCE = "Model Studio 'Real-time audio and video translation - Qwen' (LiveTranslate)"
-# provisional until the language lists are read off the LiveTranslate page
+
+LIVETRANSLATE_SOURCE = (
+    "Model Studio 'Real-time audio and video translation - Qwen' (counts: qwen3 18 languages, 11 spoken;"
+    " qwen3.5/3.8 60 languages, 29 spoken); per-code lists from a public copy of that page's table"
+)
+_LT3_SPOKEN = ("en", "zh", "ja", "ko", "fr", "de", "ru", "es", "pt", "it", "yue")
+_LT3_TEXT_ONLY = ("id", "vi", "th", "ar", "hi", "el", "tr")
 LIVETRANSLATE_LANGUAGES = Languages(
-    sources=("zh", "en", "ja", "ko", "fr", "de", "es", "ru", "it", "pt", "yue"),
-    targets=("zh", "en", "ja", "ko", "fr", "de", "es", "ru", "it", "pt", "yue"),
-    speech_targets=("zh", "en", "ja", "ko", "fr", "de", "es", "ru", "it", "pt", "yue"),
+    sources=_LT3_SPOKEN + _LT3_TEXT_ONLY,
+    targets=_LT3_SPOKEN + _LT3_TEXT_ONLY,
+    speech_targets=_LT3_SPOKEN,
     source=LIVETRANSLATE_SOURCE,
 )
+_LT35_SPOKEN = (
+    "zh", "en", "ar", "de", "fr", "es", "pt", "id", "it", "ko", "ru", "th", "vi", "ja", "tr", "hi", "ms",
+    "nl", "ur", "nb", "sv", "da", "he", "fi", "pl", "is", "cs", "fil", "fa",
+)  # fmt: skip
+_LT35_TEXT_ONLY = (
+    "yue", "el", "af", "ast", "be", "bg", "bn", "bs", "ca", "ceb", "et", "gl", "gu", "hr", "hu", "jv",
+    "kk", "kn", "ky", "lv", "mk", "ml", "mr", "pa", "ro", "sk", "sl", "sw", "tg", "az", "uk",
+)  # fmt: skip
+#: qwen3.5 and qwen3.8 LiveTranslate: 60 languages, 29 with speech (the 3.8 split is the same by count;
+#: its per-code list is taken to be 3.5's)
+LIVETRANSLATE_35_LANGUAGES = Languages(
+    sources=_LT35_SPOKEN + _LT35_TEXT_ONLY,
+    targets=_LT35_SPOKEN + _LT35_TEXT_ONLY,
+    speech_targets=_LT35_SPOKEN,
+    source=LIVETRANSLATE_SOURCE,
+)
+LIVETRANSLATE_35_VOICES_SOURCE = "public copy of the LiveTranslate voice table (47 voices, default Tina)"
+QWEN_AUDIO_VOICES: tuple[str, ...] = ("longanqian", "longanlingxin", "longanlingxi", "longanxiaoxin", "longanlufeng")
+QWEN_AUDIO_VOICES_SOURCE = SOURCE_SDK + ": realtime_qwen_audio.py (longanqian); others from a public voice table"
 
 
 @dataclass(frozen=True)
@@ -187,9 +211,26 @@ REGISTRY: dict[str, ModelInfo] = {
             series="qwen-audio-3.0",
             audio_tokens_per_second=12.5,
             image_block_px=32,
-            voices=("longanqian",),
+            voices=QWEN_AUDIO_VOICES,
             default_voice="longanqian",
-            voices_source=SOURCE_SDK + ": realtime_qwen_audio.py",
+            voices_source=QWEN_AUDIO_VOICES_SOURCE,
+            voices_published=False,
+            max_input_tokens=49_152,
+            max_output_tokens=16_384,
+            context_tokens=65_536,
+            images=False,
+            needs_item_audio=True,
+            token_rules_confirmed=False,
+        ),
+        ModelInfo(
+            name="qwen-audio-3.0-realtime-flash",
+            protocol="qwen_audio",
+            series="qwen-audio-3.0",
+            audio_tokens_per_second=12.5,
+            image_block_px=32,
+            voices=QWEN_AUDIO_VOICES,
+            default_voice="longanqian",
+            voices_source=QWEN_AUDIO_VOICES_SOURCE,
             voices_published=False,
             max_input_tokens=49_152,
             max_output_tokens=16_384,
@@ -222,15 +263,16 @@ REGISTRY: dict[str, ModelInfo] = {
             series="qwen3.5-livetranslate-flash",
             audio_tokens_per_second=12.5,
             image_block_px=32,
-            voices=LIVETRANSLATE_VOICES,
-            default_voice="Cherry",
-            voices_source=LIVETRANSLATE_SOURCE,
+            voices=("Tina",),
+            default_voice="Tina",
+            voices_source=LIVETRANSLATE_35_VOICES_SOURCE,
+            voices_published=False,
             max_input_tokens=49_152,
             max_output_tokens=4_096,
             context_tokens=53_248,
             instructions=False,
             needs_item_audio=True,
-            translation=LIVETRANSLATE_LANGUAGES,
+            translation=LIVETRANSLATE_35_LANGUAGES,
             token_rules_confirmed=False,
         ),
         ModelInfo(
@@ -239,15 +281,16 @@ REGISTRY: dict[str, ModelInfo] = {
             series="qwen3.8-livetranslate-flash",
             audio_tokens_per_second=12.5,
             image_block_px=32,
-            voices=LIVETRANSLATE_VOICES,
-            default_voice="Cherry",
-            voices_source=LIVETRANSLATE_SOURCE,
+            voices=("Tina",),
+            default_voice="Tina",
+            voices_source=LIVETRANSLATE_35_VOICES_SOURCE,
+            voices_published=False,
             max_input_tokens=49_152,
             max_output_tokens=4_096,
             context_tokens=53_248,
             instructions=False,
             needs_item_audio=True,
-            translation=LIVETRANSLATE_LANGUAGES,
+            translation=LIVETRANSLATE_35_LANGUAGES,
             token_rules_confirmed=False,
         ),
     )
@@ -287,12 +330,31 @@ def validate_modalities(modalities: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def validate_voice(model: ModelInfo, voice: str | None) -> str:
-    """The voice to use: the model's default when none is given; an unknown voice is a usage error."""
+    """The voice to use: the model's default when none is given.
+
+    A voice outside a published list is a usage error, unless the model takes cloned voices; where the
+    list is not published any voice is sent (see :func:`voice_warning`). A voice reported to be accepted
+    and then never answered is refused with the report.
+    """
     if not voice:
         return model.default_voice
-    if voice not in model.voices:
-        raise UsageError(f"voice {voice!r} is not available on {model.name}; choose from {', '.join(model.voices)}")
-    return voice
+    if voice in model.broken_voices:
+        raise UsageError(f"voice {voice!r} on {model.name}: {model.broken_voices[voice]}")
+    if voice in model.voices or not model.voices_published or model.cloned_voices:
+        return voice
+    raise UsageError(f"voice {voice!r} is not available on {model.name}; choose from {', '.join(model.voices)}")
+
+
+def voice_warning(model: ModelInfo, voice: str) -> str | None:
+    """What to tell the user about a voice :func:`validate_voice` lets through unchecked, if anything."""
+    if voice in model.voices:
+        return None
+    if not model.voices_published:
+        return (
+            f"voice {voice!r} is not among the voices known for {model.name} ({', '.join(model.voices)}); its"
+            " full list is not published, so it is sent as given and the service decides"
+        )
+    return f"voice {voice!r} is not a system voice of {model.name}: sent as a cloned voice id"
 
 
 # ----------------------------------------------------------------------------- token rules

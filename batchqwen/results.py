@@ -49,6 +49,15 @@ WRITE_BATCH_ROWS = 2_000  # rows per Parquet row group: bounds the memory a writ
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 #: the stable result columns, in order; passthrough columns (strings) are appended per run
+#: one utterance a translation model detected and answered: its times in the input, source, translation
+UTTERANCE_TYPE = pa.struct(
+    [
+        ("start_seconds", pa.float64()),
+        ("end_seconds", pa.float64()),
+        ("source_text", pa.string()),
+        ("text", pa.string()),
+    ]
+)
 RESULT_SCHEMA: pa.Schema = pa.schema(
     [
         ("id", pa.string()),
@@ -64,6 +73,9 @@ RESULT_SCHEMA: pa.Schema = pa.schema(
         ("input_transcript", pa.string()),
         ("output_text", pa.string()),
         ("output_transcript", pa.string()),
+        ("target_language", pa.string()),
+        ("utterances", pa.list_(UTTERANCE_TYPE)),
+        ("notes", pa.list_(pa.string())),
         ("output_wav", pa.string()),
         ("output_audio_seconds", pa.float64()),
         ("input_audio_seconds", pa.float64()),
@@ -119,6 +131,9 @@ class ResultRow:
     input_transcript: str | None = None
     output_text: str | None = None
     output_transcript: str | None = None
+    target_language: str | None = None  # translation models: the language translated into
+    utterances: list[dict[str, Any]] = field(default_factory=list)  # UTTERANCE_TYPE records
+    notes: list[str] = field(default_factory=list)  # what planning decided that changes what is sent
     output_wav: str | None = None  # relative to OUT, e.g. "audio/a.wav"
     output_audio_seconds: float | None = None
     input_audio_seconds: float | None = None
@@ -176,6 +191,8 @@ class ResultRow:
         # Not dataclasses.asdict: its deep copy is the bottleneck when a million rows are built.
         record = {name: getattr(self, name) for name in RESULT_COLUMNS}
         record["response_ids"] = list(self.response_ids)
+        record["utterances"] = [dict(u) for u in self.utterances]
+        record["notes"] = list(self.notes)
         for key in ("started_at", "finished_at"):
             value = record[key]
             record[key] = value.isoformat() if isinstance(value, datetime) else None
@@ -526,6 +543,8 @@ def _converter(kind: pa.DataType) -> Callable[[Any], Any]:
         return float
     if pa.types.is_timestamp(kind):
         return lambda v: datetime.fromisoformat(v) if isinstance(v, str) else v
+    if pa.types.is_list(kind) and pa.types.is_struct(kind.value_type):
+        return lambda v: [dict(x) for x in v]
     if pa.types.is_list(kind):
         return lambda v: [str(x) for x in v]
     return str

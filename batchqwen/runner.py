@@ -40,8 +40,7 @@ log = logging.getLogger("batchqwen")
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_ABORTED = 0, 1, 2, 3
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
-SESSION_LIFETIME_SECONDS = 30 * 60  # the shortest documented service lifetime (2025 docs; 2026 says 120 min)
-SESSION_LIFETIME_MARGIN = 60.0
+SESSION_LIFETIME_MARGIN = 60.0  # a session ends this long before the model's own lifetime cut
 
 
 @dataclass(frozen=True)
@@ -125,10 +124,18 @@ async def process_item(
             modalities=config.modalities,
             instructions=config.instructions,
             pad_silence_seconds=config.pad_silence_seconds,
+            target_language=config.translate_to,
+            source_language=config.source_language,
         )
     except (ItemError, UsageError) as exc:
         return results.failed_row(item, exc, attempts=0, secrets=secrets, started_at=started, finished_at=_now())
-    chosen = {"model": plan.model.name, "voice": plan.voice, "modalities": ",".join(plan.modalities)}
+    chosen = {
+        "model": plan.model.name,
+        "voice": plan.voice,
+        "modalities": ",".join(plan.modalities),
+        "target_language": plan.target_language,
+        "notes": list(plan.notes),
+    }
     try:
         prepare = functools.partial(
             media.prepare_item, item, video_fps=config.video_fps, pad_silence_seconds=plan.pad_silence_seconds
@@ -159,9 +166,14 @@ async def process_item(
         instructions=plan.instructions,
         prompt=plan.prompt,
         transcribe_input=config.transcribe_input,
+        target_language=plan.target_language,
+        source_language=plan.source_language,
         chunk_bytes=round(config.chunk_ms * INPUT_BYTES_PER_SECOND / 1000 / 2) * 2,
     )
     settings = ctx.client
+    lifetime = plan.model.session_lifetime_seconds - SESSION_LIFETIME_MARGIN
+    if settings.session_timeout > lifetime:  # a session must end before the service's own lifetime cut
+        settings = replace(settings, session_timeout=lifetime)
     if event_log is not None:
         settings = replace(settings, event_log=lambda direction, event: event_log(item.id, direction, event))
 
@@ -252,6 +264,10 @@ async def process_item(
     row.input_transcript = result.input_transcript
     row.output_text = result.output_text
     row.output_transcript = result.output_transcript
+    row.utterances = [
+        {"start_seconds": u.start_seconds, "end_seconds": u.end_seconds, "source_text": u.source_text, "text": u.text}
+        for u in result.utterances
+    ]
     row.session_id = result.session_id
     row.response_ids = list(result.response_ids)
     row.connect_seconds = result.connect_seconds
@@ -357,7 +373,7 @@ def client_settings(config: RunConfig, url: str, api_key: str) -> ClientSettings
         first_event_timeout=config.first_event_timeout,
         idle_timeout=config.idle_timeout,
         # a session must end before the service's own lifetime cut does
-        session_timeout=min(config.item_timeout, SESSION_LIFETIME_SECONDS - SESSION_LIFETIME_MARGIN),
+        session_timeout=config.item_timeout,  # capped per item by its model's session lifetime
         pace=config.pace,
     )
 
@@ -486,6 +502,8 @@ async def _run_locked(
             out_dir=out,
             video_fps=config.video_fps,
             voice=config.voice,
+            target_language=config.translate_to,
+            source_language=config.source_language,
         )
         # items of this manifest (and --limit) that will not run again: take their estimate off the total
         already = await asyncio.to_thread(_estimated_cost_already_done, config, done)

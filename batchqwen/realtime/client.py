@@ -20,7 +20,6 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from batchqwen import __version__
-from batchqwen.config import REGION_ALIASES, REGION_URLS, normalize_region
 from batchqwen.errors import (
     BatchQwenError,
     ConnectionDropped,
@@ -37,6 +36,7 @@ from batchqwen.realtime.events import (
     event_to_dict,
     to_json,
 )
+from batchqwen.realtime.gateways import LEGACY_HOSTS, gateway_url, host_of, normalize_region
 from batchqwen.realtime.protocol import DEFAULT_TRANSCRIPT_GRACE, ClientTurn, State, ToolHandler
 
 _USER_AGENT = f"batchqwen/{__version__}"
@@ -46,12 +46,13 @@ EventLog = Callable[[str, dict[str, Any]], None]
 _LAST_LOOK_SECONDS = 0.05  # after a timeout, how long to look for frames that were already on their way
 
 
-def url_for(base_url_or_region: str, model: str) -> str:
-    """The realtime URL for a region name or a base URL, with ``?model=`` (the only way to pick a model)."""
+def url_for(base_url_or_region: str, model: str, workspace: str | None = None) -> str:
+    """The realtime URL for a region name (its gateway, workspace-scoped when a workspace is given) or a
+    base URL, with ``?model=`` (the only way to pick a model)."""
     given = base_url_or_region.strip()
-    base = REGION_URLS.get(normalize_region(given), given)
+    base = gateway_url(given, workspace) if normalize_region(given) in LEGACY_HOSTS else given
     if not base.startswith(("ws://", "wss://")):
-        known = ", ".join([*REGION_URLS, *REGION_ALIASES])
+        known = ", ".join(LEGACY_HOSTS)
         raise UsageError(f"base URL must start with ws:// or wss://, or be a region ({known}): {base!r}")
     if not model:
         raise UsageError("no model given for the realtime URL")
@@ -137,9 +138,9 @@ async def _open(url: str, settings: ClientSettings) -> ClientConnection:
     except InvalidHandshake as exc:
         raise ProtocolError(f"WebSocket handshake failed: {_scrub(str(exc), settings)}") from None
     except TimeoutError:
-        raise TimedOut("connect", settings.open_timeout) from None
+        raise TimedOut(f"connect to {host_of(url)}", settings.open_timeout) from None
     except OSError as exc:
-        raise ConnectionDropped(f"could not connect: {_scrub(str(exc), settings)}") from None
+        raise ConnectionDropped(f"could not connect to {host_of(url)}: {_scrub(str(exc), settings)}") from None
 
 
 async def _close(ws: ClientConnection) -> None:
@@ -178,10 +179,12 @@ class _Pump:
         receiver = asyncio.create_task(self._receive_loop())
         sender = asyncio.create_task(self._send_loop())
         try:
-            await asyncio.wait((receiver, sender), return_when=asyncio.FIRST_EXCEPTION)
-            if sender.done() and not sender.cancelled() and sender.exception() is not None:
-                receiver.cancel()
+            await asyncio.wait((receiver, sender), return_when=asyncio.FIRST_COMPLETED)
+            if sender.done() and (sender.cancelled() or sender.exception() is not None or self.core.done):
+                receiver.cancel()  # a sender bug, or the sender ended the session (a finish with no answer)
             await asyncio.wait((receiver,))
+            if not receiver.cancelled() and receiver.exception() is None:
+                await asyncio.wait((sender,))  # the core is done: the sender has nothing left but to return
         finally:
             for task in (receiver, sender):
                 task.cancel()
@@ -317,7 +320,7 @@ async def run_turn(
     :mod:`batchqwen.errors`); a rejected or unanswered ``session.finish`` is not a failure.
     """
     core = ClientTurn(request, transcript_grace=settings.transcript_grace, tool_handler=tool_handler)
-    url = url_for(settings.base_url, request.model.name)
+    url = url_for(settings.base_url, request.model.name, settings.workspace)
     loop = asyncio.get_running_loop()
     start = loop.time()
     ws = await _open(url, settings)

@@ -6,18 +6,30 @@ moves time-based transitions with :meth:`ClientTurn.tick` and reports the end of
 :meth:`ClientTurn.connection_lost`. Nothing here reads a clock, sleeps or touches a socket: ``now`` is
 whatever monotonic number of seconds the caller passes, and pacing is the caller's business.
 
-States (one item, one session)::
+What differs by protocol family (session shape, turn mode, end of session) comes from the family's row
+in :mod:`batchqwen.realtime.families`; the turn logic below is the same for all of them.
+
+States of a manual turn (one item, one session; omni, omni_v38, qwen_audio)::
 
     AWAIT_CREATED --session.created--> AWAIT_UPDATED (session.update queued)
-    AWAIT_UPDATED --session.updated--> STREAMING (audio, images, commit, [prompt], response.create queued)
+    AWAIT_UPDATED --session.updated--> STREAMING (audio, images, [commit], [prompt], response.create queued)
     STREAMING --response.create handed out--> AWAIT_RESPONSE
     AWAIT_RESPONSE --response.created--> RESPONDING
     RESPONDING --response.done--> AWAIT_RESPONSE   (tool outputs + a new response.create queued)
                                | AWAIT_TRANSCRIPT (input transcript missing: wait until the grace deadline)
-                               | FINISHING        (session.finish queued)
+                               | FINISHING        (the family's end of session)
     AWAIT_TRANSCRIPT --transcript | tick past deadline--> FINISHING
-    FINISHING --session.finished | error | connection_lost--> CLOSED
+    FINISHING --session.finished | error | connection_lost--> CLOSED   (end finish_ack)
+    FINISHING --session.finish handed out--> CLOSED                   (end finish_no_ack)
+    FINISHING is skipped: CLOSED at once                               (end close: no session.finish)
     any state but CLOSED --error event | connection_lost--> FAILED
+
+States of a server-detected turn (livetranslate, livetranslate_v38: the service answers each utterance)::
+
+    AWAIT_UPDATED --session.updated--> STREAMING (audio and images queued, then session.finish)
+    STREAMING | DRAINING --response.created--> RESPONDING --response.done--> back where it was
+    STREAMING --session.finish handed out--> DRAINING
+    DRAINING --session.finished--> CLOSED
 
 An event that makes no sense in the current state raises :class:`~batchqwen.errors.ProtocolError` and
 moves the turn to FAILED; an illegal call by the caller raises :class:`~batchqwen.errors.InvalidState`.
@@ -41,7 +53,7 @@ from batchqwen.errors import (
     ServerError,
     UsageError,
 )
-from batchqwen.items import INPUT_BYTES_PER_SECOND, TurnRequest, TurnResult
+from batchqwen.items import INPUT_BYTES_PER_SECOND, TurnRequest, TurnResult, Utterance
 from batchqwen.realtime.events import (
     ClientEvent,
     ConversationItemCreate,
@@ -79,17 +91,22 @@ from batchqwen.realtime.events import (
     UnknownEvent,
     Usage,
 )
+from batchqwen.realtime.families import get_family
+from batchqwen.realtime.family import SessionSpec
 
-#: session.update keys batchqwen sets itself; session_options may not override them
+#: session.update keys batchqwen sets itself in one family or another; session_options may not set them
 RESERVED_SESSION_KEYS = frozenset(
     {
         "modalities",
+        "output_modalities",
         "voice",
+        "audio",
         "input_audio_format",
         "output_audio_format",
         "instructions",
         "input_audio_transcription",
         "turn_detection",
+        "translation",
     }
 )
 #: keys dropped for models that accept no sampling parameters (ModelInfo.sampling_params False)
@@ -103,6 +120,7 @@ class State(enum.Enum):
     AWAIT_CREATED = "await_created"
     AWAIT_UPDATED = "await_updated"
     STREAMING = "streaming"
+    DRAINING = "draining"  # server-detected turns: input done, session.finish sent, answers still coming
     AWAIT_RESPONSE = "await_response"
     RESPONDING = "responding"
     AWAIT_TRANSCRIPT = "await_transcript"
@@ -134,7 +152,7 @@ ToolHandler = Callable[[FunctionCall], str]
 
 
 def build_session_config(request: TurnRequest) -> dict[str, Any]:
-    """The ``session`` object of the one ``session.update`` a turn sends (manual turn mode)."""
+    """The ``session`` object of the one ``session.update`` a turn sends, in the model's family's shape."""
     options = dict(request.session_options)
     clash = sorted(RESERVED_SESSION_KEYS & options.keys())
     if clash:
@@ -142,16 +160,17 @@ def build_session_config(request: TurnRequest) -> dict[str, Any]:
     if not request.model.sampling_params:
         for key in SAMPLING_KEYS:
             options.pop(key, None)
-    session: dict[str, Any] = {
-        "modalities": list(request.modalities),
-        "voice": request.voice,
-        "input_audio_format": "pcm16",
-        "output_audio_format": "pcm16",
-        "input_audio_transcription": ({"model": request.transcription_model} if request.transcribe_input else None),
-        "turn_detection": None,
-    }
-    if request.instructions is not None:
-        session["instructions"] = request.instructions
+    family = get_family(request.model.protocol)
+    spec = SessionSpec(
+        modalities=request.modalities,
+        voice=request.voice,
+        instructions=request.instructions,
+        transcribe_input=request.transcribe_input,
+        transcription_model=request.transcription_model,
+        source_language=request.source_language,
+        target_language=request.target_language,
+    )
+    session = family.session(spec, family)
     session.update(options)
     return session
 
@@ -160,8 +179,8 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _input_events(request: TurnRequest) -> Iterator[Outgoing]:
-    """Audio chunks with images interleaved by time (never before the first chunk), then commit."""
+def _input_events(request: TurnRequest, *, commit: bool) -> Iterator[Outgoing]:
+    """Audio chunks with images interleaved by time (never before the first chunk), then the commit."""
     pcm = request.media.pcm16
     size = request.chunk_bytes
     images = sorted(request.media.images, key=lambda image: image.at_seconds)
@@ -177,7 +196,8 @@ def _input_events(request: TurnRequest) -> Iterator[Outgoing]:
     end = len(pcm) / INPUT_BYTES_PER_SECOND
     for image in images[next_image:]:  # images past the end of the audio
         yield Outgoing(InputImageBufferAppend(image=_b64(image.jpeg)), end)
-    yield Outgoing(InputAudioBufferCommit(), end)
+    if commit:
+        yield Outgoing(InputAudioBufferCommit(), end)
 
 
 class ClientTurn:
@@ -199,6 +219,11 @@ class ClientTurn:
             raise ItemError("images need audio: the service rejects an image before any audio")
         if request.prompt and not request.model.text_input:
             raise UsageError(f"{request.model.name} takes no text input: fold the prompt into instructions")
+        self.family = get_family(request.model.protocol)
+        self.server_turns = self.family.turn == "server"
+        has_media = bool(request.media.pcm16 or request.media.images)
+        if self.server_turns and not request.media.pcm16:
+            raise ItemError(f"{request.model.name} answers speech: the item has no audio")
         self.request = request
         self.transcript_grace = transcript_grace
         self.tool_handler = tool_handler
@@ -215,8 +240,11 @@ class ClientTurn:
         self._queue: list[Outgoing] = []  # ready to hand out, in order
         self._inputs: Iterator[Outgoing] | None = None  # lazily generated audio/image/commit events
         self._at = 0.0  # media position of the last handed-out event
+        # a manual turn commits its audio and images; a text-only item (a prompt, nothing else) has none
+        # to commit (with no prompt either, the commit goes anyway and the service says it is empty)
+        self._expect_commit = (has_media or not request.prompt) and not self.server_turns
         self._commit_sent = False
-        self._committed = False
+        self._committed = not self._expect_commit
         self._response_create_pending = 0  # response.create handed out, response.created not yet seen
         self._finish_sent = False
         self._deadline: float | None = None
@@ -225,6 +253,11 @@ class ClientTurn:
         self.session_id = ""
         self.response_ids: list[str] = []
         self._input_transcript: str | None = None
+        self._transcripts: dict[str, str] = {}  # server-detected turns: item id -> source transcript
+        self._item_order: list[str] = []  # server-detected turns: committed item ids, in order
+        self._speech: dict[str, list[float | None]] = {}  # item id -> [start, end] seconds
+        self._answers: list[str] = []  # the text of each finished response, in order
+        self._answer_start = (0, 0)  # where the running response's text and transcript begin
         self._text: list[str] = []
         self._transcript: list[str] = []
         self._pcm = bytearray()
@@ -253,6 +286,11 @@ class ClientTurn:
         return self.state in (State.AWAIT_TRANSCRIPT, State.FINISHING, State.CLOSED)
 
     @property
+    def draining(self) -> bool:
+        """True while a server-detected turn waits for the service's last answers and session.finished."""
+        return self.state is State.DRAINING or (self.state is State.RESPONDING and self._finish_sent)
+
+    @property
     def deadline(self) -> float | None:
         """When :meth:`tick` has something to do (the transcript grace), in the caller's clock."""
         return self._deadline
@@ -270,10 +308,12 @@ class ClientTurn:
             if out is not None:
                 return self._hand_out(out)
             self._inputs = None
-            self._queue_after_commit()
+            self._queue_after_input()
             return self._hand_out(self._queue.pop(0))
         if self.state is State.FINISHING and not self._finish_sent:
             self._finish_sent = True
+            if self.family.end == "finish_no_ack":
+                self.state = State.CLOSED  # no session.finished follows: the close is the normal end
             return Outgoing(SessionFinish(), self._at)
         return None
 
@@ -286,10 +326,15 @@ class ClientTurn:
         """What the turn produced; available once :attr:`completed`."""
         if not self.completed:
             raise InvalidState(f"no result in state {self.state.value}")
+        utterances = self._utterances()
+        input_transcript = self._input_transcript or ""
+        if self.server_turns:
+            input_transcript = " ".join(u.source_text for u in utterances if u.source_text)
         return TurnResult(
             session_id=self.session_id,
             response_ids=list(self.response_ids),
-            input_transcript=self._input_transcript or "",
+            utterances=utterances,
+            input_transcript=input_transcript,
             output_text="".join(self._text),
             output_transcript="".join(self._transcript),
             output_pcm=bytes(self._pcm),
@@ -304,6 +349,17 @@ class ClientTurn:
         """Let time pass: past the grace deadline, stop waiting for the input transcript."""
         if self.state is State.AWAIT_TRANSCRIPT and self._deadline is not None and now >= self._deadline:
             self._to_finishing()
+
+    def _utterances(self) -> list[Utterance]:
+        """Server-detected turns: the n-th answer belongs to the n-th utterance the service committed."""
+        if not self.server_turns:
+            return []
+        out = []
+        for index, text in enumerate(self._answers):
+            item_id = self._item_order[index] if index < len(self._item_order) else ""
+            start, end = self._speech.get(item_id, [None, None])
+            out.append(Utterance(start, end, self._transcripts.get(item_id, ""), text))
+        return out
 
     def connection_lost(self, code: int | None = None, reason: str = "") -> None:
         """The connection ended. Clean while finishing; a :class:`ConnectionDropped` failure before."""
@@ -340,7 +396,11 @@ class ClientTurn:
     def _hand_out(self, out: Outgoing) -> Outgoing:
         self._at = out.at_seconds
         event = out.event
-        if isinstance(event, InputAudioBufferCommit):
+        if isinstance(event, SessionFinish):  # server-detected turns: the input is over
+            self._finish_sent = True
+            if self.state is State.STREAMING:
+                self.state = State.DRAINING
+        elif isinstance(event, InputAudioBufferCommit):
             self._commit_sent = True
         elif isinstance(event, ResponseCreate):
             self._response_create_pending += 1
@@ -348,7 +408,10 @@ class ClientTurn:
                 self.state = State.AWAIT_RESPONSE
         return out
 
-    def _queue_after_commit(self) -> None:
+    def _queue_after_input(self) -> None:
+        if self.server_turns:  # no commit, no response.create: the service answers each utterance itself
+            self._queue.append(Outgoing(SessionFinish(), self._at))
+            return
         if self.request.prompt:
             content = [{"type": "input_text", "text": self.request.prompt}]
             item = {"type": "message", "role": "user", "content": content}
@@ -363,7 +426,8 @@ class ClientTurn:
         self._deadline = None
 
     def _to_finishing(self) -> None:
-        self.state = State.FINISHING
+        # Qwen-Audio defines no session.finish: the turn is whole, the client just closes
+        self.state = State.CLOSED if self.family.end == "close" else State.FINISHING
         self._deadline = None
 
     def _illegal(self, event: Event) -> ProtocolError:
@@ -385,25 +449,38 @@ class ClientTurn:
             if state is not State.AWAIT_UPDATED:
                 raise self._illegal(event)
             self.state = State.STREAMING
-            self._inputs = _input_events(self.request)
+            self._inputs = _input_events(self.request, commit=self._expect_commit)
         elif isinstance(event, InputAudioBufferCommitted):
-            if not self._commit_sent or self._committed or state is State.FINISHING:
+            if self.server_turns:  # the service committed an utterance it detected
+                if state in (State.AWAIT_CREATED, State.AWAIT_UPDATED) or event.item_id in self._item_order:
+                    raise self._illegal(event)
+                self._item_order.append(event.item_id)
+                self._committed = True
+            elif not self._commit_sent or self._committed or state is State.FINISHING:
                 raise self._illegal(event)
             self._committed = True
         elif isinstance(event, ConversationItemCreated):
             # the audio item after the commit, our own items, the model's output items
-            if not self._committed or state in (State.FINISHING, State.AWAIT_TRANSCRIPT):
+            if not (self._committed or self.request.prompt) or state in (State.FINISHING, State.AWAIT_TRANSCRIPT):
                 raise self._illegal(event)
         elif isinstance(event, InputAudioTranscriptionCompleted | InputAudioTranscriptionFailed):
             self._on_transcription(event)
         elif isinstance(event, InputAudioBufferSpeechStarted | InputAudioBufferSpeechStopped):
-            # only under server VAD; harmless noise while the input is still open
-            if state not in (State.STREAMING, State.AWAIT_RESPONSE):
+            # server VAD / speaker detection; harmless noise while the input is still open
+            if self.server_turns:
+                if state in (State.AWAIT_CREATED, State.AWAIT_UPDATED, State.CLOSED):
+                    raise self._illegal(event)
+                self._on_speech(event)
+            elif state not in (State.STREAMING, State.AWAIT_RESPONSE):
                 raise self._illegal(event)
         elif isinstance(event, ResponseCreated):
-            if state is not State.AWAIT_RESPONSE or not self._committed or not self._response_create_pending:
+            if self.server_turns:
+                if state not in (State.STREAMING, State.DRAINING):
+                    raise self._illegal(event)
+            elif state is not State.AWAIT_RESPONSE or not self._committed or not self._response_create_pending:
                 raise self._illegal(event)
-            self._response_create_pending -= 1
+            else:
+                self._response_create_pending -= 1
             self._start_response(str(event.response.get("id") or ""))
         elif isinstance(event, ResponseDone):
             if state is not State.RESPONDING:
@@ -411,8 +488,12 @@ class ClientTurn:
             self._check_response_id(event, str(event.response.get("id") or ""))
             self._on_response_done(event, now)
         elif isinstance(event, SessionFinished):
-            if state is not State.FINISHING or not self._finish_sent:
+            if state not in (State.FINISHING, State.DRAINING) or not self._finish_sent:
                 raise self._illegal(event)
+            if self.server_turns and not self._answers:
+                # the service finished without one answer: nothing was detected as speech
+                self._fail(ProtocolError("session.finished without any response: no speech was detected"))
+                return
             self.state = State.CLOSED
         else:
             self._on_response_event(event, now)
@@ -436,7 +517,23 @@ class ClientTurn:
         else:
             self._fail(exc)
 
+    def _on_speech(self, event: InputAudioBufferSpeechStarted | InputAudioBufferSpeechStopped) -> None:
+        times = self._speech.setdefault(event.item_id, [None, None])
+        if isinstance(event, InputAudioBufferSpeechStarted):
+            times[0] = event.audio_start_ms / 1000
+        else:
+            times[1] = event.audio_end_ms / 1000
+
     def _on_transcription(self, event: InputAudioTranscriptionCompleted | InputAudioTranscriptionFailed) -> None:
+        if self.server_turns:  # one source transcript per detected utterance
+            if event.item_id in self._transcripts or self.state is State.CLOSED:
+                raise self._illegal(event)
+            if isinstance(event, InputAudioTranscriptionCompleted):
+                self._transcripts[event.item_id] = event.transcript
+            else:
+                self._transcripts[event.item_id] = ""
+                self.transcription_error = dict(event.error)
+            return
         if not self._committed or self._input_transcript is not None or self.transcription_error:
             raise self._illegal(event)
         if isinstance(event, InputAudioTranscriptionCompleted):
@@ -451,6 +548,7 @@ class ClientTurn:
         self._response_id = response_id
         if response_id:
             self.response_ids.append(response_id)
+        self._answer_start = (len(self._text), len(self._transcript))
         self._open_items.clear()
         self._seen_items.clear()
         self._parts_with_delta.clear()
@@ -535,6 +633,12 @@ class ClientTurn:
         usage = event.usage
         if usage is not None:
             self._usage = usage if self._usage is None else self._usage + usage
+        text_from, transcript_from = self._answer_start
+        answer = "".join(self._text[text_from:]) or "".join(self._transcript[transcript_from:])
+        self._answers.append(answer)
+        if self.server_turns:  # the service answers the next utterance by itself
+            self.state = State.DRAINING if self._finish_sent else State.STREAMING
+            return
         calls = self._calls_this_response
         if calls and self.tool_handler is not None and event.status in ("", "completed"):
             if len(self.response_ids) >= self.max_responses:
@@ -546,7 +650,7 @@ class ClientTurn:
             self._queue.append(Outgoing(ResponseCreate(), self._at))
             self.state = State.AWAIT_RESPONSE
             return
-        waiting = self.request.transcribe_input and self._input_transcript is None
+        waiting = self.request.transcribe_input and self._expect_commit and self._input_transcript is None
         if waiting and self.transcription_error is None and self.transcript_grace > 0:
             self.state = State.AWAIT_TRANSCRIPT
             self._deadline = now + self.transcript_grace
