@@ -15,6 +15,7 @@
     │   ├── HandshakeRejected      HTTP status at the WebSocket handshake (401/403/429/5xx)
     │   ├── ConnectionDropped      the connection closed or broke before the turn was done
     │   └── TimedOut               connect / first event / idle / whole-session timeout
+    │   └── ModelUnavailable       the service has no such model for this key (its items fail, others go on)
     ├── BudgetExceeded             the cost cap would be passed (exit 3)
     ├── FatalRunError              an account-level refusal (bad key, arrears, no quota): the run stops (exit 3)
     ├── AdmissionClosed            the run is stopping: no new session may start (the item stays pending)
@@ -89,6 +90,35 @@ class ServerError(RemoteError):
         where = f" (param {self.param})" if self.param else ""
         code = self.code or self.error_type or "error"
         return f"{code}: {self.message}{where}"
+
+
+#: wire error codes as the official v2 SDK's error registry classifies them (dashscope 2.0.2
+#: ``v2/errors.py`` ``_CODE_MAP`` from ``_error_registry.py``): code -> the SDK's error class
+SERVICE_ERROR_CLASSES: dict[str, str] = {
+    "InvalidApiKey": "AuthenticationError",
+    "AccessDenied": "PermissionDeniedError",
+    "AccessDenied.Unpurchased": "PermissionDeniedError",
+    "Arrearage": "PermissionDeniedError",
+    "InvalidParameter": "BadRequestError",
+    "Model.NotExist": "NotFoundError",
+    "DataInspectionFailed": "ContentFilterError",
+    "Throttling": "RateLimitError",
+    "Throttling.RateQuota": "RateLimitError",
+    "Throttling.AllocationQuota": "RateLimitError",
+    "InternalError": "InternalServerError",
+    "ServiceUnavailable": "ServiceUnavailableError",
+    "GatewayTimeout": "GatewayTimeoutError",
+}
+#: codes that say the model, not the account, is out of reach for this key: that model's items fail
+MODEL_UNAVAILABLE_CODES: frozenset[str] = frozenset({"Model.NotExist", "AccessDenied.Unpurchased"})
+#: codes that stop the whole run: every other item would be refused the same way
+ACCOUNT_FATAL_CODES: frozenset[str] = frozenset({"InvalidApiKey", "Arrearage"})
+
+
+class ModelUnavailable(ServerError):
+    """Given for an item whose model an earlier item found unavailable: no session is opened for it."""
+
+    kind = "model_unavailable"
 
 
 class HandshakeRejected(RemoteError):

@@ -5,11 +5,16 @@
 - ``"retryable"``: worth another attempt of the same item after a backoff: a dropped connection, a
   timeout, a handshake refused with 429 or 5xx, a ``server_error``, any ``Throttling*`` code.
 - ``"fatal"``: the whole run should stop, since every other item would fail the same way: a handshake
-  refused with 401/403, and the account-level codes ``InvalidApiKey``, ``Arrearage``, ``AccessDenied``
-  (and its variants), and quota exhaustion (a code containing ``Quota`` or ``FreeTierOnly`` that is not a
-  ``Throttling`` code, e.g. ``AllocationQuota.Exhausted``).
+  refused with 401/403, the account-level codes ``InvalidApiKey`` and ``Arrearage``, a plain
+  ``AccessDenied`` (or a variant not in the table), and quota exhaustion (a code containing ``Quota`` or
+  ``FreeTierOnly`` that is not a ``Throttling`` code, e.g. ``AllocationQuota.Exhausted``).
 - ``"permanent"``: this item failed and retrying will not help: any other ``invalid_request_error``
-  (bad voice, empty commit, ...), ``DataInspectionFailed``, local item errors, protocol violations.
+  (bad voice, empty commit, ...), ``DataInspectionFailed``, local item errors, protocol violations, and
+  the model-level codes ``Model.NotExist`` / ``AccessDenied.Unpurchased`` (:func:`model_unavailable`
+  says so; the runner then fails that model's other items without a session and lets the rest go on).
+
+The codes and their classes are the v2 SDK's registry, as the table
+:data:`batchqwen.errors.SERVICE_ERROR_CLASSES`.
 
 Choices where the reference is silent: a :class:`ProtocolError` (a malformed frame, an illegal event
 order) is permanent, since a retry meets the same server behaviour and would be billed again; an
@@ -24,6 +29,9 @@ from collections.abc import Iterator
 from typing import Literal
 
 from batchqwen.errors import (
+    ACCOUNT_FATAL_CODES,
+    MODEL_UNAVAILABLE_CODES,
+    SERVICE_ERROR_CLASSES,
     BudgetExceeded,
     ConnectionDropped,
     HandshakeRejected,
@@ -34,7 +42,6 @@ from batchqwen.errors import (
 
 Kind = Literal["retryable", "permanent", "fatal"]
 
-FATAL_CODES = ("InvalidApiKey", "Arrearage", "AccessDenied")
 QUOTA_MARKERS = ("Quota", "FreeTierOnly")
 
 
@@ -47,12 +54,22 @@ def is_throttling(exc: BaseException) -> bool:
     return False
 
 
+def model_unavailable(exc: BaseException) -> bool:
+    """True when the service says this key cannot use the item's model (``Model.NotExist``, unpurchased)."""
+    return isinstance(exc, ServerError) and exc.code in MODEL_UNAVAILABLE_CODES
+
+
 def _classify_server_error(exc: ServerError) -> Kind:
     code = exc.code
-    if code.startswith("Throttling"):  # Throttling, Throttling.RateQuota, Throttling.AllocationQuota
+    sdk_class = SERVICE_ERROR_CLASSES.get(code)
+    if sdk_class == "RateLimitError" or code.startswith("Throttling"):
         return "retryable"
-    if any(code.startswith(fatal) for fatal in FATAL_CODES):
+    if code in MODEL_UNAVAILABLE_CODES:
+        return "permanent"
+    if code in ACCOUNT_FATAL_CODES or code.startswith("AccessDenied"):
         return "fatal"
+    if sdk_class in ("InternalServerError", "ServiceUnavailableError", "GatewayTimeoutError"):
+        return "retryable"
     if any(marker in code for marker in QUOTA_MARKERS):
         return "fatal"
     if exc.error_type == "server_error" or (not exc.error_type and not code):

@@ -26,7 +26,17 @@ from typing import Any, TextIO
 
 from batchqwen import cost, manifest, media, results
 from batchqwen.config import RunConfig
-from batchqwen.errors import AdmissionClosed, BatchQwenError, BudgetExceeded, FatalRunError, ItemError, UsageError
+from batchqwen.errors import (
+    MODEL_UNAVAILABLE_CODES,
+    AdmissionClosed,
+    BatchQwenError,
+    BudgetExceeded,
+    FatalRunError,
+    ItemError,
+    ModelUnavailable,
+    ServerError,
+    UsageError,
+)
 from batchqwen.items import INPUT_BYTES_PER_SECOND, Item, PreparedInput, TurnRequest
 from batchqwen.limiter import Limiter
 from batchqwen.lock import RunLock
@@ -276,6 +286,14 @@ async def process_item(
     row.total_seconds = result.total_seconds
     row.finished_at = _now()
     return row
+
+
+async def _unavailable_row(item: Item, model: str, cause: ServerError, secrets: list[str]) -> results.ResultRow:
+    """The failed row of an item whose model an earlier item of this run found unavailable: no session."""
+    exc = ModelUnavailable(f"model {model} is not available to this key: {cause.message}", code=cause.code)
+    return results.failed_row(
+        item, exc, attempts=0, secrets=secrets, started_at=_now(), finished_at=_now(), model=model
+    )
 
 
 # ----------------------------------------------------------------------------- the whole run
@@ -562,13 +580,20 @@ async def _run_locked(
             stop_run(stop_reason[0])
 
         remove_handlers = _install_signal_handlers(on_signal)
+        # model name -> why the service refused it (Model.NotExist, unpurchased): its other items fail at once
+        unavailable: dict[str, ServerError] = {}
 
         async def worker() -> None:
             while not stopping.is_set():
                 item = next(items, None)
                 if item is None:
                     return
-                task = asyncio.create_task(process_item(item, ctx, limiter, event_log=event_log, decoder=decoder))
+                model_name = (item.model or config.model).strip()
+                work = process_item(item, ctx, limiter, event_log=event_log, decoder=decoder)
+                if model_name in unavailable:
+                    work.close()
+                    work = _unavailable_row(item, model_name, unavailable[model_name], secrets)
+                task = asyncio.create_task(work)
                 in_flight.add(task)
                 try:
                     row = await task
@@ -592,6 +617,14 @@ async def _run_locked(
                     raise
                 finally:
                     in_flight.discard(task)
+                if row.error_code in MODEL_UNAVAILABLE_CODES and row.error_type != ModelUnavailable.kind:
+                    if model_name not in unavailable:
+                        log.error(
+                            "model %s is not available to this key (%s): its items fail, the others go on",
+                            model_name,
+                            results.redact(row.error_message or "", secrets),
+                        )
+                    unavailable[model_name] = ServerError(row.error_message or "", code=row.error_code or "")
                 record = row.to_record()
                 # durable on disk before the item counts as done (fsync off the event loop)
                 offset = await asyncio.to_thread(journal.append, record)
