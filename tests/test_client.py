@@ -370,7 +370,8 @@ def test_missing_input_transcript_waits_only_for_the_grace() -> None:
         (ServerError("x", error_type="invalid_request_error", code="Throttling.AllocationQuota"), "retryable"),
         (ServerError("x", error_type="invalid_request_error", code="InvalidApiKey"), "fatal"),
         (ServerError("x", error_type="invalid_request_error", code="Arrearage"), "fatal"),
-        (ServerError("x", error_type="invalid_request_error", code="AccessDenied.Unpurchased"), "fatal"),
+        # the model, not the account: that model's items fail, the run goes on (the families issue)
+        (ServerError("x", error_type="invalid_request_error", code="AccessDenied.Unpurchased"), "permanent"),
         (ServerError("x", error_type="invalid_request_error", code="AllocationQuota.Exhausted"), "fatal"),
         (ServerError("x", error_type="invalid_request_error", code="DataInspectionFailed"), "permanent"),
         (ServerError("x", error_type="invalid_request_error", code="invalid_value"), "permanent"),

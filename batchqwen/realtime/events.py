@@ -589,7 +589,7 @@ def event_to_dict(event: Event) -> JsonObject:
     out: JsonObject = {"type": event.type}
     for name in _field_names(type(event)):
         value = getattr(event, name)
-        if name == "event_id" and value is None:
+        if value is None and name in ("event_id", "response"):  # optional objects: absent, not null
             continue
         out[name] = value
     return out

@@ -416,7 +416,11 @@ class ClientTurn:
             content = [{"type": "input_text", "text": self.request.prompt}]
             item = {"type": "message", "role": "user", "content": content}
             self._queue.append(Outgoing(ConversationItemCreate(item=item), self._at))
-        self._queue.append(Outgoing(ResponseCreate(), self._at))
+        self._queue.append(Outgoing(self._response_create(), self._at))
+
+    def _response_create(self) -> ResponseCreate:
+        # an empty ``response`` object where the family expects one; none at all on Omni 3.8
+        return ResponseCreate(response={} if self.family.response_object else None)
 
     def _fail(self, exc: BaseException) -> None:
         self.failure = exc
@@ -647,7 +651,7 @@ class ClientTurn:
                 output = self.tool_handler(call)
                 item = {"type": "function_call_output", "call_id": call.call_id, "output": output}
                 self._queue.append(Outgoing(ConversationItemCreate(item=item), self._at))
-            self._queue.append(Outgoing(ResponseCreate(), self._at))
+            self._queue.append(Outgoing(self._response_create(), self._at))
             self.state = State.AWAIT_RESPONSE
             return
         waiting = self.request.transcribe_input and self._expect_commit and self._input_transcript is None
