@@ -84,6 +84,9 @@ def plan_item(
         raise ItemError(f"{info.name} answers speech: this row has no audio or video")
     if item.images and not info.images:
         raise ItemError(f"{info.name} takes no images: this row has {len(item.images)}")
+    if item.video and not info.images:
+        # its frames cannot go; answering the sound alone would pass for an answer about the video
+        raise ItemError(f"{info.name} takes no images, so no video frames: give the video's sound as the audio")
     # a run-wide --translate-to applies to translation models only; a row's own column must fit its model
     run_target = target_language if info.translation is not None else None
     run_source = source_language if info.translation is not None else None

@@ -43,7 +43,8 @@ def drive_runner(manifest: Path, url: str, concurrency: int, out: Path) -> dict[
     config = RunConfig(
         manifest=manifest,
         out=out,
-        model=MODEL,
+        model=os.environ.get("BENCH_MODEL", MODEL),
+        translate_to=os.environ.get("BENCH_TRANSLATE_TO") or None,
         base_url=url,
         api_key=API_KEY,
         concurrency=concurrency,

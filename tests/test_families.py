@@ -346,6 +346,9 @@ def test_plan_refuses_rows_a_family_cannot_take_and_says_why() -> None:
         plan_item(with_image, **_defaults("qwen-audio-3.0-realtime-plus"))
     with pytest.raises(ItemError, match="answers speech"):
         plan_item(prompt_only, **_defaults("qwen3-livetranslate-flash-realtime"))
+    video = Item(id="v", row=1, video=_path("v.mp4"))
+    with pytest.raises(ItemError, match="no video frames"):
+        plan_item(video, **_defaults("qwen-audio-3.0-realtime-plus"))
 
 
 def test_plan_translation_targets_speech_and_instructions() -> None:
