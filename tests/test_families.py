@@ -276,7 +276,7 @@ def test_livetranslate_streams_then_finishes_and_drains_every_utterance(model: A
         (1.8, 2.7, "再见", "Goodbye"),
     ]
     assert result.input_transcript == "你好 再见"
-    assert result.output_transcript == "HelloGoodbye"
+    assert result.output_transcript == "Hello Goodbye"
     assert result.output_pcm == OUT_PCM * 2
     assert result.usage is not None and result.usage.total_tokens == 120
     assert result.response_ids == ["resp_1", "resp_2"]

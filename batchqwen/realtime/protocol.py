@@ -256,7 +256,7 @@ class ClientTurn:
         self._transcripts: dict[str, str] = {}  # server-detected turns: item id -> source transcript
         self._item_order: list[str] = []  # server-detected turns: committed item ids, in order
         self._speech: dict[str, list[float | None]] = {}  # item id -> [start, end] seconds
-        self._answers: list[str] = []  # the text of each finished response, in order
+        self._answers: list[tuple[str, str]] = []  # (text, transcript) of each finished response, in order
         self._answer_start = (0, 0)  # where the running response's text and transcript begin
         self._text: list[str] = []
         self._transcript: list[str] = []
@@ -328,15 +328,18 @@ class ClientTurn:
             raise InvalidState(f"no result in state {self.state.value}")
         utterances = self._utterances()
         input_transcript = self._input_transcript or ""
-        if self.server_turns:
+        output_text, output_transcript = "".join(self._text), "".join(self._transcript)
+        if self.server_turns:  # one answer per utterance: joined as sentences, not glued together
             input_transcript = " ".join(u.source_text for u in utterances if u.source_text)
+            output_text = " ".join(text for text, _ in self._answers if text)
+            output_transcript = " ".join(transcript for _, transcript in self._answers if transcript)
         return TurnResult(
             session_id=self.session_id,
             response_ids=list(self.response_ids),
             utterances=utterances,
             input_transcript=input_transcript,
-            output_text="".join(self._text),
-            output_transcript="".join(self._transcript),
+            output_text=output_text,
+            output_transcript=output_transcript,
             output_pcm=bytes(self._pcm),
             usage=self._usage,
             first_text_seconds=self.first_text_at,
@@ -355,10 +358,10 @@ class ClientTurn:
         if not self.server_turns:
             return []
         out = []
-        for index, text in enumerate(self._answers):
+        for index, (text, transcript) in enumerate(self._answers):
             item_id = self._item_order[index] if index < len(self._item_order) else ""
             start, end = self._speech.get(item_id, [None, None])
-            out.append(Utterance(start, end, self._transcripts.get(item_id, ""), text))
+            out.append(Utterance(start, end, self._transcripts.get(item_id, ""), text or transcript))
         return out
 
     def connection_lost(self, code: int | None = None, reason: str = "") -> None:
@@ -638,8 +641,7 @@ class ClientTurn:
         if usage is not None:
             self._usage = usage if self._usage is None else self._usage + usage
         text_from, transcript_from = self._answer_start
-        answer = "".join(self._text[text_from:]) or "".join(self._transcript[transcript_from:])
-        self._answers.append(answer)
+        self._answers.append(("".join(self._text[text_from:]), "".join(self._transcript[transcript_from:])))
         if self.server_turns:  # the service answers the next utterance by itself
             self.state = State.DRAINING if self._finish_sent else State.STREAMING
             return
