@@ -51,6 +51,27 @@ def describe(
     return Answer(text=" ".join(sentences), fingerprint=key)
 
 
+#: names for the answer's wording; an unlisted code is named by itself
+LANGUAGE_NAMES = {
+    "zh": "Chinese", "en": "English", "ja": "Japanese", "ko": "Korean", "fr": "French", "de": "German",
+    "es": "Spanish", "ru": "Russian", "it": "Italian", "pt": "Portuguese", "yue": "Cantonese",
+    "ar": "Arabic", "id": "Indonesian", "vi": "Vietnamese", "th": "Thai", "hi": "Hindi", "el": "Greek",
+    "tr": "Turkish",
+}  # fmt: skip
+
+
+def translate(pending: Sequence[UserItem], session: dict[str, Any], threshold_dbfs: float) -> Answer:
+    """A translator's answer to one utterance: the target language named, then what was heard and seen."""
+    pcm = b"".join(i.pcm for i in pending if i.kind == "audio")
+    images = [img for i in pending for img in i.images]
+    target = str((session.get("translation") or {}).get("language") or "")
+    source = (session.get("input_audio_transcription") or {}).get("language")
+    origin = f" from {LANGUAGE_NAMES.get(source, source)}" if source else ""
+    into = f"Translation into {LANGUAGE_NAMES.get(target, target)}{origin}"
+    text = f"{into}: {heard(pcm, threshold_dbfs)} and {saw(images)}."
+    return Answer(text=text, fingerprint=fingerprint(pcm, (img.digest for img in images), None, ()))
+
+
 def heard(pcm: bytes, threshold_dbfs: float) -> str:
     seconds = len(pcm) / (INPUT_BYTES_PER_MS * 1000)
     segments = speech_segments(pcm, threshold_dbfs)

@@ -47,14 +47,14 @@ from batchqwen.sim.analysis import (
     synthesize,
     vad_threshold_dbfs,
 )
-from batchqwen.sim.answers import UserItem, describe, transcript
+from batchqwen.sim.answers import UserItem, describe, transcript, translate
 from batchqwen.sim.config import FAULT_KINDS, SimulatorConfig, ThrottleMode
+from batchqwen.sim.families import SimFamily, sim_family
 from batchqwen.sim.responses import new_id
 from batchqwen.sim.settings import DEFAULT_TURN_DETECTION, Rejected, apply_update, default_session
 from batchqwen.sim.vad import SpeechDetector
 from batchqwen.tokens import count_text_tokens
 
-AUDIO_HISTORY_TURNS = 8  # flash keeps the last 8 audio turns; each response re-bills them
 IMAGE_BEFORE_AUDIO = "Error append image before append audio."
 
 
@@ -81,7 +81,12 @@ class ServerSession:
             self.model = get_model(model) if model else None
         except UsageError:
             self.model = None
-        self.session: dict[str, Any] = default_session(model, self.model, self.session_id)
+        #: the protocol family: its session shape, turn mode and end of session
+        self.family: SimFamily = sim_family(self.model.protocol if self.model else "omni")
+        self.session: dict[str, Any] = {
+            **default_session(model, self.model, self.session_id),
+            **self.family.defaults,
+        }
         self._buffer = bytearray()  # uncommitted audio
         self._buffer_start = 0  # session byte offset of _buffer[0]
         self._vad_pos = 0  # session byte offset up to which the VAD has looked
@@ -101,7 +106,7 @@ class ServerSession:
         if self.model is None:
             self.should_close = True
             return [_error(f"Model not exist: {self.model_name!r}", code="model_not_found", param="model")]
-        return [ev.SessionCreated(session=dict(self.session), event_id=ev.new_event_id())]
+        return [ev.SessionCreated(session=self.family.echo(self.session), event_id=ev.new_event_id())]
 
     def receive_frame(self, frame: str | bytes) -> list[ev.Event]:
         """Parse one client frame and answer it; a frame that is not a valid event gets an error."""
@@ -134,6 +139,7 @@ class ServerSession:
         if isinstance(event, ev.InputImageBufferAppend):
             return self._append_image(event.image)
         if isinstance(event, ev.InputAudioBufferCommit):
+            self._manual_turns_only(event)
             return self._commit_manual()
         if isinstance(event, ev.InputAudioBufferClear):
             self._buffer_start += len(self._buffer)
@@ -143,31 +149,63 @@ class ServerSession:
             self._vad.reset()
             return [ev.InputAudioBufferCleared(event_id=ev.new_event_id())]
         if isinstance(event, ev.ResponseCreate):
+            self._manual_turns_only(event)
             return self._respond(event.response or {})
         if isinstance(event, ev.ResponseCancel):
             raise Rejected("Cancellation failed: no active response found.", code="response_cancel_not_active")
         if isinstance(event, ev.ConversationItemCreate):
             return self._item_create(event.item)
         if isinstance(event, ev.SessionFinish):
-            family = self.model.series if self.model else ""
-            if (
-                self.model_name in self.config.finish_unsupported_models
-                or family in self.config.finish_unsupported_models
-            ):
-                raise Rejected("Invalid event type: session.finish", code="invalid_event", param="type")
-            self.should_close = True
-            return [ev.SessionFinished(event_id=ev.new_event_id())]
+            return self._finish()
         name = event.event_type if isinstance(event, ev.UnknownEvent) else event.type
         raise Rejected(f"Invalid event type: {name}", code="invalid_event", param="type")
 
+    def _manual_turns_only(self, event: ev.Event) -> None:
+        """Where the service detects speech itself, the client neither commits nor asks for responses."""
+        if self.family.row.turn == "server":
+            raise Rejected(
+                f"Invalid event type: {event.type}: this model detects speech and answers by itself.",
+                code="invalid_event",
+                param="type",
+            )
+
+    def _finish(self) -> list[ev.Event]:
+        """``session.finish`` by the family's end: ``finish_ack`` answers ``session.finished`` (a server-turn
+        family first ends and answers the utterance in progress), ``finish_no_ack`` just closes, ``close``
+        (no such event) is an ``invalid_event``."""
+        end = self.family.row.end
+        series = self.model.series if self.model else ""
+        unsupported = {self.model_name, series} & set(self.config.finish_unsupported_models)
+        if end == "close" or unsupported:
+            raise Rejected("Invalid event type: session.finish", code="invalid_event", param="type")
+        events: list[ev.Event] = []
+        if self.family.row.turn == "server" and self._vad.in_speech:
+            events += self._end_of_speech(self._buffer_start + len(self._buffer))
+            self._vad.reset()
+        self.should_close = True
+        if end == "finish_ack":
+            events.append(ev.SessionFinished(event_id=ev.new_event_id()))
+        return events
+
     def _session_update(self, update: dict[str, Any]) -> list[ev.Event]:
         assert self.model is not None
-        new = apply_update(self.model, self.model_name, self.session, update)
+        canonical = self.family.read_update(update)  # refuses other families' fields by their own names
+        try:
+            new = apply_update(
+                self.model,
+                self.model_name,
+                self.session,
+                canonical,
+                transcription_model=self.family.row.transcription_model,
+            )
+        except Rejected as exc:  # name the canonical field as this family spells it
+            exc.param = self.family.params.get(exc.param or "", exc.param)
+            raise
         if self.session["turn_detection"] != new["turn_detection"]:
             self._vad = SpeechDetector(new["turn_detection"] or DEFAULT_TURN_DETECTION)
             self._vad_pos = self._buffer_start + len(self._buffer)
         self.session = new
-        return [ev.SessionUpdated(session=dict(new), event_id=ev.new_event_id())]
+        return [ev.SessionUpdated(session=self.family.echo(new), event_id=ev.new_event_id())]
 
     # ------------------------------------------------------------------ input buffers
 
@@ -185,15 +223,26 @@ class ServerSession:
         return self._run_vad()
 
     def _append_image(self, image_b64: str) -> list[ev.Event]:
+        assert self.model is not None
+        if not self.model.images:
+            raise Rejected(
+                f"Invalid event type: input_image_buffer.append: model {self.model_name} takes no images.",
+                code="invalid_event",
+                param="type",
+            )
         if not self._audio_seen:
             raise Rejected(IMAGE_BEFORE_AUDIO, param="image")
-        if len(image_b64) > self.config.max_image_base64_bytes:
+        raw_limit = self.family.max_image_bytes
+        if raw_limit is None and len(image_b64) > self.config.max_image_base64_bytes:
             raise Rejected(
                 f"Image too large: {len(image_b64)} base64 bytes > {self.config.max_image_base64_bytes}.",
                 param="image",
             )
         try:
-            self._images.append(probe_jpeg(base64.b64decode(image_b64, validate=True)))
+            jpeg = base64.b64decode(image_b64, validate=True)
+            if raw_limit is not None and len(jpeg) > raw_limit:
+                raise Rejected(f"Image too large: {len(jpeg)} bytes > {raw_limit}.", param="image")
+            self._images.append(probe_jpeg(jpeg))
         except (binascii.Error, ValueError) as exc:
             message = str(exc) if isinstance(exc, NotJpeg) else "Image is not a decodable JPEG."
             raise Rejected(message, param="image") from None
@@ -248,7 +297,7 @@ class ServerSession:
         self._history.append(item)
         self._pending.append(item)
         audio_items = [i for i in self._history if i.kind == "audio"]
-        if len(audio_items) > AUDIO_HISTORY_TURNS:
+        if len(audio_items) > self.family.history_turns:
             self._history.remove(audio_items[0])
 
     def _threshold_dbfs(self) -> float:
@@ -363,8 +412,11 @@ class ServerSession:
                 param="input",
             )
         pending, self._pending = self._pending, []
-        tools = (self.session.get("tools") or []) if self.model.tools else None
-        answer = describe(pending, instructions, self._threshold_dbfs(), tools)
+        if self.family.translates:
+            answer = translate(pending, self.session, self._threshold_dbfs())
+        else:
+            tools = (self.session.get("tools") or []) if self.model.tools else None
+            answer = describe(pending, instructions, self._threshold_dbfs(), tools)
         call_id = None
         if answer.call is not None:
             call_id = new_id("call_")

@@ -1,6 +1,9 @@
-"""A local WebSocket server that speaks the Qwen-Omni Realtime protocol, with switchable faults.
+"""A local WebSocket server that speaks the Qwen realtime protocol families, with switchable faults.
 
-The session logic lives in :mod:`batchqwen.sim.core` (no I/O); this module adds what only a server
+The session logic lives in :mod:`batchqwen.sim.core` (no I/O) for every protocol family; responses the
+core produces mid-stream (server speech detection, LiveTranslate's answer per utterance) are streamed
+as they come, and a session ends the family's way (the core's ``should_close``: after
+``session.finished``, or right after ``session.finish`` on Omni 3.8). This module adds what only a server
 can do: the handshake (path, ``model`` query parameter, ``Authorization: Bearer`` key), rate limits
 (sessions and tokens per sliding minute), latency, faults, idle and lifetime cuts, and counters.
 

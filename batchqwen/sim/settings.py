@@ -46,11 +46,21 @@ def default_session(model_name: str, model: ModelInfo | None, session_id: str) -
         "tool_choice": "auto",
         "temperature": None if model and not model.sampling_params else 0.9,
         "max_tokens": "inf",
+        "translation": None,  # {"language": code} on translation models
     }
 
 
-def apply_update(model: ModelInfo, model_name: str, session: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """The session after ``update``, or :class:`Rejected` for the first invalid field."""
+def apply_update(
+    model: ModelInfo,
+    model_name: str,
+    session: dict[str, Any],
+    update: dict[str, Any],
+    *,
+    transcription_model: str = "gummy-realtime-v1",
+) -> dict[str, Any]:
+    """The session after ``update`` (in the canonical flat form a family's ``read_update`` gives), or
+    :class:`Rejected` for the first invalid field. ``transcription_model``: the family's, when none is named.
+    """
     new = dict(session)
     if "modalities" in update:
         mods = update["modalities"]
@@ -62,7 +72,9 @@ def apply_update(model: ModelInfo, model_name: str, session: dict[str, Any], upd
         new["modalities"] = ["text"] if mods == ["text"] else ["text", "audio"]
     voice = update.get("voice")
     if voice is not None:
-        if voice not in model.voices:
+        # where the list is published only its voices are taken; elsewhere any non-empty name
+        unknown = voice not in model.voices if model.voices_published else not (isinstance(voice, str) and voice)
+        if unknown:
             raise Rejected(
                 f"Invalid voice {voice!r} for {model_name}; supported: {', '.join(model.voices)}.",
                 param="session.voice",
@@ -77,11 +89,12 @@ def apply_update(model: ModelInfo, model_name: str, session: dict[str, Any], upd
                     param=f"session.{key}",
                 )
             new[key] = value
-    check_nested_audio(update.get("audio"))
     if "instructions" in update:
         text = update["instructions"]
         if text is not None and not isinstance(text, str):
             raise Rejected("instructions must be a string.", param="session.instructions")
+        if text and not model.instructions:
+            raise Rejected(f"Model {model_name} takes no instructions.", param="session.instructions")
         new["instructions"] = text or ""
     if "input_audio_transcription" in update:
         value = update["input_audio_transcription"]
@@ -90,9 +103,7 @@ def apply_update(model: ModelInfo, model_name: str, session: dict[str, Any], upd
                 "input_audio_transcription must be an object or null.",
                 param="session.input_audio_transcription",
             )
-        new["input_audio_transcription"] = (
-            None if value is None else {**value, "model": value.get("model") or "gummy-realtime-v1"}
-        )
+        new["input_audio_transcription"] = None if value is None else _transcription(model, value, transcription_model)
     if "turn_detection" in update:
         new["turn_detection"] = check_turn_detection(update["turn_detection"])
     check_sampling(model, model_name, update, new)
@@ -107,7 +118,48 @@ def apply_update(model: ModelInfo, model_name: str, session: dict[str, Any], upd
         new["smooth_output"] = update["smooth_output"]
     if "tool_choice" in update:
         new["tool_choice"] = update["tool_choice"]
+    if model.translation is not None:  # elsewhere ``translation`` is an unknown key, ignored
+        _check_translation(model, model_name, update, new)
     return new
+
+
+def _transcription(model: ModelInfo, value: dict[str, Any], default_model: str) -> dict[str, Any]:
+    config = dict(value)
+    if value.get("model") or default_model:
+        config["model"] = value.get("model") or default_model
+    language = value.get("language")
+    if model.translation is not None and language is not None and language not in model.translation.sources:
+        raise Rejected(
+            f"Unsupported source language {language!r}; supported: {', '.join(model.translation.sources)}.",
+            param="session.input_audio_transcription.language",
+        )
+    return config
+
+
+def _check_translation(model: ModelInfo, model_name: str, update: dict[str, Any], new: dict[str, Any]) -> None:
+    """The target language must be one the model serves; audio output only for the ones it speaks."""
+    assert model.translation is not None
+    languages = model.translation
+    value = update.get("translation")
+    if value is not None:
+        if not isinstance(value, dict):
+            raise Rejected("translation must be an object.", param="session.translation")
+        language = value.get("language")
+        if language is not None:
+            if language not in languages.targets:
+                raise Rejected(
+                    f"Unsupported target language {language!r} for {model_name}; supported: "
+                    f"{', '.join(languages.targets)}.",
+                    param="session.translation.language",
+                )
+            new["translation"] = {"language": language}
+    target = (new.get("translation") or {}).get("language")
+    if "audio" in new["modalities"] and target not in languages.speech_targets:
+        raise Rejected(
+            f"Target language {target!r} has no speech output on {model_name}: use modalities ['text'], or a"
+            f" target among {', '.join(languages.speech_targets)}.",
+            param="session.translation.language",
+        )
 
 
 def check_nested_audio(audio: Any) -> None:
@@ -130,6 +182,7 @@ def check_nested_audio(audio: Any) -> None:
 
 
 def check_turn_detection(value: Any) -> dict[str, Any] | None:
+    """``server_vad`` with its ranges; unset fields take the service's defaults."""
     if value is None:
         return None
     if not isinstance(value, dict):
