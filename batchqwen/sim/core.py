@@ -2,8 +2,10 @@
 
 :class:`ServerSession` consumes parsed client events and returns the server events the service would
 send, in order. It never sleeps, never touches a socket and never picks faults: latency, throttling,
-faults and timeouts belong to the WebSocket layer in :mod:`batchqwen.sim.server`. A client core can
-therefore be tested against it in memory::
+faults and timeouts belong to the WebSocket layer in :mod:`batchqwen.sim.server`. The same class serves every
+protocol family: the model's family (:mod:`batchqwen.sim.families`) spells the session's wire shape,
+and its row of facts says how turns are taken and how a session ends. A client core can therefore be
+tested against it in memory::
 
     server = ServerSession("qwen3-omni-flash-realtime")
     for event in server.opening_events():        # [SessionCreated]
@@ -412,7 +414,7 @@ class ServerSession:
                 param="input",
             )
         pending, self._pending = self._pending, []
-        if self.family.translates:
+        if self.family.row.translation:
             answer = translate(pending, self.session, self._threshold_dbfs())
         else:
             tools = (self.session.get("tools") or []) if self.model.tools else None

@@ -22,14 +22,14 @@ from batchqwen.sim.families import livetranslate, livetranslate_v38, omni, omni_
 
 # history: audio turns billed again by every response (Omni flash keeps the last 8; a translator answers
 # each utterance alone); image_bytes: the raw JPEG limit where the family's pages give one (None: the
-# config's base64 limit); answer: "describe" the input, or "translate" it into the target language
+# config's base64 limit). Whether answers are translations is the shared row's ``translation``.
 _ROWS = (
-    # name                 module             history image_bytes  answer
-    ("omni",              omni,              8,      None,        "describe"),
-    ("omni_v38",          omni_v38,          8,      None,        "describe"),
-    ("qwen_audio",        qwen_audio,        8,      None,        "describe"),
-    ("livetranslate",     livetranslate,     1,      500 * 1024,  "translate"),
-    ("livetranslate_v38", livetranslate_v38, 1,      500 * 1024,  "translate"),
+    # name                 module             history image_bytes
+    ("omni",              omni,              8,      None),
+    ("omni_v38",          omni_v38,          8,      None),
+    ("qwen_audio",        qwen_audio,        8,      None),
+    ("livetranslate",     livetranslate,     1,      500 * 1024),
+    ("livetranslate_v38", livetranslate_v38, 1,      500 * 1024),
 )  # fmt: skip
 
 
@@ -41,21 +41,19 @@ class SimFamily:
     row: Family  # the facts shared with the client side
     history_turns: int
     max_image_bytes: int | None
-    translates: bool
     read_update: Callable[[dict[str, Any]], dict[str, Any]]
     echo: Callable[[dict[str, Any]], dict[str, Any]]
     defaults: Mapping[str, Any]
     params: Mapping[str, str]
 
 
-def _family(name: str, module: ModuleType, history: int, image_bytes: int | None, answer: str) -> SimFamily:
+def _family(name: str, module: ModuleType, history: int, image_bytes: int | None) -> SimFamily:
     row = get_family(name)
     return SimFamily(
         name=name,
         row=row,
         history_turns=history,
         max_image_bytes=image_bytes,
-        translates=answer == "translate",
         read_update=module.read_update,
         echo=module.echo,
         defaults=module.defaults(row),
