@@ -170,3 +170,32 @@ def test_fatal_key_error_stops_at_once_and_keeps_the_key_out(tmp_path: Path) -> 
     assert KEY not in json.dumps(outcome.summary)
     rows = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
     assert {r["status"] for r in rows} == {"pending"}  # nothing was billed, nothing marked failed
+
+
+def test_an_unpurchased_model_fails_its_own_items_and_the_other_models_go_on(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rows = []
+    for index in range(12):
+        write_audio(folder / f"clip{index}.wav", seconds=0.2, rate=16_000, channels=1, seed=index)
+        model = "qwen3.5-omni-plus-realtime" if index % 2 else "qwen3-omni-flash-realtime"
+        rows.append({"id": f"i{index}", "audio": f"clip{index}.wav", "model": model})
+    source = folder / "manifest.csv"
+    with source.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["id", "audio", "model"])
+        writer.writeheader()
+        writer.writerows(rows)
+    sim = SimulatorConfig(unpurchased_models=("qwen3.5-omni-plus-realtime",))
+    outcome = run_with(sim, source, tmp_path / "out", concurrency=1)
+    assert outcome.exit_code == runner.EXIT_SOME_FAILED  # not aborted: the other model's items are ok
+    results = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()}
+    for index in range(12):
+        row = results[f"i{index}"]
+        if index % 2 == 0:
+            assert row["status"] == "ok"
+            continue
+        assert row["status"] == "failed" and row["error_code"] == "AccessDenied.Unpurchased"
+        assert row["attempts"] == (1 if index == 1 else 0)  # never retried; later items open no session
+        if index > 1:
+            assert row["error_type"] == "model_unavailable"
+            assert "qwen3.5-omni-plus-realtime is not available to this key" in row["error_message"]

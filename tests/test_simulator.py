@@ -173,7 +173,7 @@ def test_model_query_parameter_is_required_and_must_be_known() -> None:
             assert caught.value.response.status_code == 400
             ws = await connect(sim.url_for("gpt-4o"), additional_headers={"Authorization": f"Bearer {KEY}"})
             error = await recv(ws)
-            assert_error(error, "model_not_found", "model")
+            assert_error(error, "Model.NotExist", "model")
             with pytest.raises(ConnectionClosedOK):
                 await recv(ws)
 

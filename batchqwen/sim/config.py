@@ -36,6 +36,7 @@ class SimulatorConfig:
     word_ms: int = 60  # synthesized output audio per answer word
     audio_delta_ms: int = 100  # output audio per response.audio.delta
     finish_unsupported_models: tuple[str, ...] = ()  # models answering session.finish with an error
+    unpurchased_models: tuple[str, ...] = ()  # known models this account has not bought: AccessDenied.Unpurchased
 
     def fault_rates(self) -> dict[str, float]:
         return {

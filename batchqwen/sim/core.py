@@ -105,9 +105,14 @@ class ServerSession:
 
     def opening_events(self) -> list[ev.Event]:
         """What the service sends right after the handshake."""
+        # the codes of the SDK's error registry (dashscope 2.0.2 v2/errors.py): Model.NotExist -> NotFoundError
         if self.model is None:
             self.should_close = True
-            return [_error(f"Model not exist: {self.model_name!r}", code="model_not_found", param="model")]
+            return [_error(f"Model not exist: {self.model_name!r}", code="Model.NotExist", param="model")]
+        if self.model_name in self.config.unpurchased_models:
+            self.should_close = True
+            message = f"Access denied: model {self.model_name!r} has not been purchased for this account"
+            return [_error(message, code="AccessDenied.Unpurchased", param="model")]
         return [ev.SessionCreated(session=self.family.echo(self.session), event_id=ev.new_event_id())]
 
     def receive_frame(self, frame: str | bytes) -> list[ev.Event]:
