@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_cost
+import bench_families
 import bench_memory
 import bench_scaling
 import bench_sdk
@@ -87,6 +88,12 @@ def main() -> None:
     limits = subprocess.run([sys.executable, *limit_args], capture_output=True, text=True, check=True, cwd=HERE.parent)
     section(
         "1d. Rate limiter against a simulator quota (bench/bench_rate_limit.py)", f"```\n{limits.stdout.strip()}\n```"
+    )
+
+    print("1e. every protocol family ...", file=sys.stderr, flush=True)
+    section(
+        "1e. Every protocol family at concurrency 32: 5 s WAV speech, simulator latency 1 s (bench/bench_families.py)",
+        bench_families.render(bench_families.measure(64 if q else 192, 32)),
     )
 
     print("2. client CPU per item ...", file=sys.stderr, flush=True)
