@@ -126,9 +126,19 @@ def test_models_shows_each_family_voices_and_translation_languages() -> None:
                 "prompt-image": "answers speech: this row has no audio or video",
             },
         ),
+        *(
+            (
+                model,
+                {
+                    "prompt-only": "answers speech: this row has no audio or video",
+                    "prompt-image": "answers speech: this row has no audio or video",
+                },
+            )
+            for model in ("qwen3-livetranslate-flash-realtime", "qwen3.8-livetranslate-flash-realtime")
+        ),
     ],
 )
-def test_the_demo_on_each_manual_family(tmp_path: Path, model: str, expected_failures: dict[str, str]) -> None:
+def test_the_demo_on_each_family(tmp_path: Path, model: str, expected_failures: dict[str, str]) -> None:
     out = tmp_path / "out"
     code, output = _run("run", str(DEMO), "--simulate", "--model", model, "--out", str(out), "--quiet")
     rows = _rows(out)
@@ -140,6 +150,8 @@ def test_the_demo_on_each_manual_family(tmp_path: Path, model: str, expected_fai
             continue
         assert row["status"] == "ok", (item_id, row["error_message"])
         assert row["model"] == model
+        if "livetranslate" in model and item_id in ("greeting", "weather", "ball-video"):  # rows with instructions
+            assert any("takes no instructions" in note for note in row["notes"])  # type: ignore[attr-defined]
         assert row["output_transcript"]
         with wave.open(str(out / str(row["output_wav"]))) as wav:
             assert wav.getframerate() == 24_000  # the family's output rate
