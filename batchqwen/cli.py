@@ -16,12 +16,10 @@ import click
 
 from batchqwen import __version__
 from batchqwen.config import RunConfig
-from batchqwen.errors import BatchQwenError, BudgetExceeded, LockHeld, ManifestError, UsageError
+from batchqwen.errors import BatchQwenError, BudgetExceeded, EnvironmentFailure, LockHeld, ManifestError, UsageError
+from batchqwen.exitcodes import EXIT_ABORTED, EXIT_ENVIRONMENT, EXIT_USAGE
 from batchqwen.models import DEFAULT_MODEL, REGISTRY
 from batchqwen.realtime.gateways import DEFAULT_REGION, REGIONS, normalize_region
-
-EXIT_USAGE = 2
-EXIT_ABORTED = 3
 
 log = logging.getLogger("batchqwen")
 
@@ -73,6 +71,8 @@ def _call(func: Any, *args: Any, **kwargs: Any) -> Any:
         _fail(str(exc), EXIT_USAGE)
     except BudgetExceeded as exc:
         _fail(str(exc), EXIT_ABORTED)
+    except EnvironmentFailure as exc:
+        _fail(str(exc), EXIT_ENVIRONMENT)
     except BatchQwenError as exc:
         _fail(str(exc), EXIT_ABORTED)
     except OSError as exc:  # an output folder or log file that cannot be written, ...

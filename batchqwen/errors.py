@@ -18,6 +18,9 @@
     │   └── ModelUnavailable       the service has no such model for this key (its items fail, others go on)
     ├── BudgetExceeded             the cost cap would be passed (exit 3)
     ├── FatalRunError              an account-level refusal (bad key, arrears, no quota): the run stops (exit 3)
+    ├── EnvironmentFailure         the environment failed, not the items (exit 4)
+    │   ├── ServiceUnreachable     no connection to the service for longer than --max-outage
+    │   └── OutputUnwritable       the output disk is full or read-only
     ├── AdmissionClosed            the run is stopping: no new session may start (the item stays pending)
     └── LockHeld                   another run holds the output folder's lock (exit 2)
 
@@ -162,6 +165,20 @@ class FatalRunError(BatchQwenError):
     def __init__(self, cause: BaseException):
         self.cause = cause
         super().__init__(str(cause))
+
+
+class EnvironmentFailure(BatchQwenError):
+    """The machine or the network failed, not the items: the run stops and the next run picks up."""
+
+    kind = "environment"
+
+
+class ServiceUnreachable(EnvironmentFailure):
+    kind = "service_unreachable"
+
+
+class OutputUnwritable(EnvironmentFailure):
+    kind = "output_unwritable"
 
 
 class AdmissionClosed(BatchQwenError):

@@ -37,6 +37,7 @@ from batchqwen.errors import (
     ServerError,
     UsageError,
 )
+from batchqwen.exitcodes import EXIT_ABORTED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED
 from batchqwen.items import INPUT_BYTES_PER_SECOND, Item, PreparedInput, TurnRequest
 from batchqwen.limiter import Limiter
 from batchqwen.lock import RunLock
@@ -48,8 +49,6 @@ from batchqwen.retry import backoff_delays, classify, is_throttling
 
 log = logging.getLogger("batchqwen")
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_ABORTED = 0, 1, 2, 3
-EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 SESSION_LIFETIME_MARGIN = 60.0  # a session ends this long before the model's own lifetime cut
 
 
