@@ -8,6 +8,10 @@ from typing import Literal
 FAULT_KINDS: tuple[str, ...] = ("disconnect", "server_error", "hang", "malformed", "throttle")
 
 ThrottleMode = Literal["handshake", "error"]
+#: refuse: nothing listens on the port (a client's connect fails with ECONNREFUSED); 503: the gateway
+#: answers every handshake (and the quota endpoint) with HTTP 503 Service Unavailable
+OutageMode = Literal["refuse", "503"]
+OUTAGE_MODES: tuple[str, ...] = ("refuse", "503")
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,16 @@ class SimulatorConfig:
     audio_delta_ms: int = 100  # output audio per response.audio.delta
     finish_unsupported_models: tuple[str, ...] = ()  # models answering session.finish with an error
     unpurchased_models: tuple[str, ...] = ()  # known models this account has not bought: AccessDenied.Unpurchased
+    # a scheduled outage, seconds after the server starts (see also Simulator.start_outage, at any time)
+    outage_mode: OutageMode | None = None  # None: no scheduled outage
+    outage_start_seconds: float = 0.0
+    outage_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.outage_mode is not None and self.outage_mode not in OUTAGE_MODES:
+            raise ValueError(f"outage_mode must be one of {', '.join(OUTAGE_MODES)}, not {self.outage_mode!r}")
+        if self.outage_start_seconds < 0 or self.outage_seconds < 0:
+            raise ValueError("outage_start_seconds and outage_seconds must not be negative")
 
     def fault_rates(self) -> dict[str, float]:
         return {

@@ -5,7 +5,9 @@ core produces mid-stream (server speech detection, LiveTranslate's answer per ut
 as they come, and a session ends the family's way (the core's ``should_close``: after
 ``session.finished``, or right after ``session.finish`` on Omni 3.8). This module adds what only a server
 can do: the handshake (path, ``model`` query parameter, ``Authorization: Bearer`` key), rate limits
-(sessions and tokens per sliding minute), latency, faults, idle and lifetime cuts, and counters.
+(sessions and tokens per sliding minute), latency, faults, idle and lifetime cuts, outages, the quota
+endpoint (``GET /api/v1/quotas``, Model Studio's "List model quotas", answering the quota it enforces)
+and counters.
 
 Entry points::
 
@@ -18,6 +20,12 @@ Entry points::
 Faults per connection: ``&sim_fault=disconnect|server_error|hang|malformed|throttle`` in the URL, or an
 API key starting with ``fault-KIND-`` (e.g. ``fault-hang-1``). Response faults (all but throttle) hit
 the connection's first response, midway through its events.
+
+Outages, for a stated window (``SimulatorConfig.outage_*``, seconds after start, or ``start_outage(N)``
+at any time): ``refuse`` closes the listening socket for the window and listens again on the same port
+afterwards, so a client's connect fails with a real ECONNREFUSED (the kernel refuses it; this process
+never sees those attempts, so only the window is counted); ``503`` answers every handshake and quota
+request with HTTP 503, each counted in ``stats.outage_refusals``. Sessions already open go on in both.
 """
 
 from __future__ import annotations
@@ -25,11 +33,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import random
 import sys
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -43,11 +53,14 @@ from websockets.http11 import Request, Response
 
 from batchqwen.errors import ProtocolError
 from batchqwen.realtime import events as ev
+from batchqwen.sim.config import OUTAGE_MODES, OutageMode
 from batchqwen.sim.core import FAULT_KINDS, ServerSession, SimulatorConfig
+from batchqwen.sim.quotas import QUOTA_PATH, quota_page
 
 __all__ = [
     "FAULT_KINDS",
     "PATH",
+    "QUOTA_PATH",
     "Simulator",
     "SimulatorConfig",
     "SimulatorStats",
@@ -76,6 +89,9 @@ class SimulatorStats:
     responses_cancelled: int = 0
     faults: dict[str, int] = field(default_factory=dict)  # kind -> count (also idle / lifetime cuts)
     delivered: dict[str, int] = field(default_factory=dict)  # core.input_fingerprint -> count
+    quota_requests: int = 0  # GET /api/v1/quotas answered (any status but an outage's 503)
+    outages: int = 0  # outage windows begun (scheduled or started by start_outage)
+    outage_refusals: int = 0  # handshakes and quota requests answered 503 by a "503" outage
 
     def count_fault(self, kind: str) -> None:
         self.faults[kind] = self.faults.get(kind, 0) + 1
@@ -129,7 +145,11 @@ class Simulator:
         self._sessions = _Window(self.config.window_seconds)
         self._tokens = _Window(self.config.window_seconds)
         self._admissions: dict[Any, _Admission] = {}
-        self._server: Server | None = None
+        self._server: Server | None = None  # the one listening now (None while a "refuse" outage is on)
+        self._servers: list[Server] = []  # every listener started, for close(); old ones keep their sessions
+        self._outage: OutageMode | None = None
+        self._outage_task: asyncio.Task[None] | None = None
+        self._scheduled: asyncio.TimerHandle | None = None
 
     @property
     def url(self) -> str:
@@ -140,9 +160,28 @@ class Simulator:
         extra = "".join(f"&{key}={value}" for key, value in query.items())
         return f"{self.url}?model={model}{extra}"
 
+    @property
+    def quota_url(self) -> str:
+        """Where the simulator answers Model Studio's "List model quotas" (``GET``, Bearer key)."""
+        return f"http://{self.host}:{self.port}{QUOTA_PATH}"
+
+    @property
+    def outage(self) -> OutageMode | None:
+        """The outage in progress, if any."""
+        return self._outage
+
     async def start(self) -> None:
         """Start listening; with port 0 the chosen port is in ``self.port`` afterwards."""
-        self._server = await ws_serve(
+        await self._listen()
+        config = self.config
+        if config.outage_mode is not None and config.outage_seconds > 0:
+            mode, seconds = config.outage_mode, config.outage_seconds
+            self._scheduled = asyncio.get_running_loop().call_later(
+                config.outage_start_seconds, self._begin_outage, seconds, mode
+            )
+
+    async def _listen(self) -> None:
+        server = await ws_serve(
             self._handle,
             self.host,
             self.port,
@@ -151,16 +190,64 @@ class Simulator:
             ping_interval=None,  # the service's ping policy is undocumented; we answer pings, never send
             max_size=self.config.max_frame_bytes,
             server_header=None,
+            reuse_address=True,  # listen again on the same port after a "refuse" outage
         )
-        sockname = next(iter(self._server.sockets)).getsockname()
+        self._server = server
+        self._servers.append(server)
+        sockname = next(iter(server.sockets)).getsockname()
         self.port = int(sockname[1])
 
     async def close(self) -> None:
         """Stop listening and close every connection."""
-        if self._server is not None:
-            self._server.close(close_connections=True)
-            await self._server.wait_closed()
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+        if self._outage_task is not None:
+            self._outage_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._outage_task
+            self._outage_task = None
+        self._outage = None
+        servers, self._servers, self._server = self._servers, [], None
+        for server in servers:
+            server.close(close_connections=True)
+        for server in servers:
+            await server.wait_closed()
+
+    # ------------------------------------------------------------------ outages
+
+    async def start_outage(self, seconds: float, *, mode: OutageMode = "refuse") -> None:
+        """Begin an outage now, for ``seconds``; returns once it has begun (connections refused from then).
+
+        ``refuse``: the listening socket is closed (ECONNREFUSED) and reopened on the same port at the
+        end; ``503``: every handshake and quota request is answered HTTP 503 until the end.
+        """
+        self._begin_outage(seconds, mode)
+
+    def _begin_outage(self, seconds: float, mode: OutageMode) -> None:
+        if mode not in OUTAGE_MODES:
+            raise ValueError(f"outage mode must be one of {', '.join(OUTAGE_MODES)}, not {mode!r}")
+        if self._outage is not None:
+            raise RuntimeError(f"an outage ({self._outage}) is already in progress")
+        self._outage = mode
+        self.stats.outages += 1
+        if mode == "refuse" and self._server is not None:
+            # the asyncio listener only: open sessions of this server go on; close() still ends them
+            self._server.server.close()
             self._server = None
+        self._outage_task = asyncio.get_running_loop().create_task(self._outage_for(seconds))
+
+    async def _outage_for(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        await self.end_outage()
+
+    async def end_outage(self) -> None:
+        """End the outage in progress now (listening again after ``refuse``); nothing when there is none."""
+        mode, self._outage = self._outage, None
+        task, self._outage_task = self._outage_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        if mode == "refuse":
+            await self._listen()
 
     async def __aenter__(self) -> Simulator:
         await self.start()
@@ -178,8 +265,13 @@ class Simulator:
         return connection.respond(status, text + "\n")
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        self.stats.connections += 1
+        if self._outage == "503":
+            self.stats.outage_refusals += 1
+            return self._refuse(connection, 503, "Service Unavailable")
         parts = urlsplit(request.path)
+        if parts.path == QUOTA_PATH:
+            return self._quotas(connection, request, parse_qs(parts.query))
+        self.stats.connections += 1
         if parts.path != PATH:
             return self._refuse(connection, 404, f"Not found: {parts.path}")
         query = parse_qs(parts.query)
@@ -208,6 +300,19 @@ class Simulator:
             self._sessions.add(now, 1)
         self._admissions[connection.id] = _Admission(model, fault, throttle_code)
         return None
+
+    def _quotas(self, connection: ServerConnection, request: Request, query: dict[str, list[str]]) -> Response:
+        """``GET /api/v1/quotas``: a plain HTTP request answered in process_request, never upgraded."""
+        self.stats.quota_requests += 1
+        request_id = str(uuid.uuid4())
+        key = _bearer_key(request.headers)
+        if not key or (self.config.api_keys and key not in self.config.api_keys):
+            # DashScope's REST error shape: code, message, request_id
+            body: dict[str, Any] = {"code": "InvalidApiKey", "message": "Invalid API-key provided."}
+            return _json_response(connection, 401, {**body, "request_id": request_id})
+        workspace = request.headers.get("X-DashScope-WorkSpace") or None
+        page = quota_page(self.config, query, request_id=request_id, workspace_id=workspace)
+        return _json_response(connection, 200, page)
 
     # ------------------------------------------------------------------ one connection
 
@@ -401,6 +506,12 @@ class _Connection:
             self.hung = True  # the reader keeps draining frames; nothing is ever sent again
 
 
+def _json_response(connection: ServerConnection, status: int, body: dict[str, Any]) -> Response:
+    response = connection.respond(status, json.dumps(body, ensure_ascii=False))
+    response.headers["Content-Type"] = "application/json"
+    return response
+
+
 def _bearer_key(headers: Headers) -> str:
     value = headers.get("Authorization", "")
     scheme, _, key = value.partition(" ")
@@ -436,8 +547,22 @@ class SimulatorThread:
     def stats(self) -> SimulatorStats:
         return self.simulator.stats
 
+    @property
+    def quota_url(self) -> str:
+        return self.simulator.quota_url
+
     def url_for(self, model: str, **query: str) -> str:
         return self.simulator.url_for(model, **query)
+
+    def start_outage(self, seconds: float, *, mode: OutageMode = "refuse") -> None:
+        """Begin an outage now for ``seconds`` (see :meth:`Simulator.start_outage`); returns once begun."""
+        self._call(self.simulator.start_outage(seconds, mode=mode))
+
+    def end_outage(self) -> None:
+        self._call(self.simulator.end_outage())
+
+    def _call(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=10)
 
     def __enter__(self) -> SimulatorThread:
         self._thread.start()
