@@ -1,21 +1,30 @@
 """Admission control shared by every worker of a run: concurrency, sessions per minute, tokens per minute,
-a throttling cool-down that pauses everyone, and the budget cap.
+a throttling cool-down that pauses everyone, a ramp-up at the start, and the budget cap.
 
 The windows are sliding (a log of start times / token charges over the last ``window`` seconds), which is
 how the service counts; a small ``margin`` on the window keeps clock skew between us and the service from
 turning the last session of a window into a refusal.
+
+The ramp-up (``ramp_seconds``) opens the concurrency slots one by one over the first seconds after the
+first admission instead of all at once: Model Studio refuses traffic that rises too fast with a burst
+limit of its own, apart from RPM/TPM ("Rate limits", 2026). :meth:`Limiter.ramp_up` starts it again,
+e.g. after an outage, when every worker would otherwise rush in together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from batchqwen.errors import AdmissionClosed, BudgetExceeded
+
+#: the ramp-up of a run against the service: slots open over these first seconds (0: all at once)
+RUN_RAMP_SECONDS = 5.0
 
 
 @dataclass
@@ -43,15 +52,21 @@ class Limiter:
         max_cost: float | None = None,
         window: float = 60.0,
         margin: float = 0.5,
+        ramp_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if ramp_seconds < 0:
+            raise ValueError("ramp_seconds must not be negative")
         self.concurrency = concurrency
         self.rpm = rpm
         self.tpm = tpm
         self.max_cost = max_cost
         self.window = window + margin
+        self.ramp_seconds = ramp_seconds
+        self._ramp_start: float | None = None  # set by the first admission (and by ramp_up)
+        self._active = 0  # sessions admitted and not yet released
         self._clock = clock
         self._slots = asyncio.Semaphore(concurrency)
         self._starts: deque[float] = deque()
@@ -74,10 +89,37 @@ class Limiter:
         while self._tokens and self._tokens[0][0] <= horizon:
             self._tokens_in_window -= self._tokens.popleft()[1]
 
+    def open_slots(self, now: float) -> int:
+        """How many sessions may be open at ``now``: one at the ramp's start, one more every
+        ``ramp_seconds / concurrency`` seconds, all of them from ``ramp_seconds`` on."""
+        if self.ramp_seconds <= 0 or self._ramp_start is None:
+            return self.concurrency
+        elapsed = now - self._ramp_start
+        if elapsed >= self.ramp_seconds:
+            return self.concurrency
+        return min(self.concurrency, 1 + math.floor(elapsed * self.concurrency / self.ramp_seconds + 1e-9))
+
+    def ramp_up(self) -> None:
+        """Start the ramp again from one open slot (sessions already open stay open)."""
+        if self.ramp_seconds > 0:
+            self._ramp_start = self._clock()
+
+    def _ramp_wait(self, now: float) -> float:
+        """Seconds until one more slot opens, when the open ones are all taken (0 otherwise)."""
+        if self._active < self.open_slots(now):
+            return 0.0
+        assert self._ramp_start is not None
+        # slot number active + 1 opens at active * ramp / concurrency after the ramp's start
+        return max(0.0, self._ramp_start + self._active * self.ramp_seconds / self.concurrency - now) + 1e-6
+
     def _wait_needed(self, now: float, tokens: int) -> float:
         """Seconds until a session charging ``tokens`` may start (0 when it may start now)."""
         self._expire(now)
         wait = max(0.0, self._cool_until - now)
+        if self.ramp_seconds > 0:
+            if self._ramp_start is None:
+                self._ramp_start = now  # the ramp runs from the first admission, not from construction
+            wait = max(wait, self._ramp_wait(now))
         if self.rpm is not None and len(self._starts) >= self.rpm:
             wait = max(wait, self._starts[len(self._starts) - self.rpm] + self.window - now)
         if self.tpm is not None and self._tokens and self._tokens_in_window + tokens > self.tpm:
@@ -122,6 +164,7 @@ class Limiter:
                 self._tokens_in_window += tokens
                 self.in_flight_cost += cost
                 self.sessions_started += 1
+                self._active += 1
                 return Reservation(tokens=tokens, cost=cost, charged_at=now)
         except BaseException:
             self._slots.release()
@@ -140,6 +183,9 @@ class Limiter:
                     if tokens < amount:
                         self._wake.set()
                     break
+        self._active -= 1
+        if self.open_slots(self._clock()) < self.concurrency:
+            self._wake.set()  # during the ramp a freed session lets a waiter in before the next slot opens
         self._slots.release()
 
     def close(self) -> None:

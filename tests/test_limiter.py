@@ -168,3 +168,85 @@ def test_close_wakes_waiters_and_refuses_new_sessions() -> None:
         limiter.release(first, tokens=None, cost=0.0)  # the open session still ends normally
 
     run(main)
+
+
+# ----------------------------------------------------------------------------- ramp-up
+
+
+class FakeClock:
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_ramp_opens_one_slot_at_a_time_from_the_first_admission() -> None:
+    clock = FakeClock(10.0)
+
+    async def main() -> None:
+        limiter = Limiter(concurrency=4, rpm=None, tpm=None, ramp_seconds=2.0, clock=clock)
+        assert limiter.open_slots(0.0) == 4  # nothing admitted yet: the ramp has not started
+        first = await limiter.acquire(tokens=0, cost=0.0)  # at 10.0: the ramp starts here
+        assert [limiter.open_slots(t) for t in (10.0, 10.49, 10.5, 11.0, 11.49, 11.5, 12.0, 99.0)] == [
+            1, 1, 2, 3, 3, 4, 4, 4,
+        ]  # fmt: skip
+        clock.now = 20.0
+        limiter.ramp_up()  # e.g. after an outage: from one slot again
+        assert limiter.open_slots(20.0) == 1 and limiter.open_slots(21.0) == 3
+        limiter.release(first, tokens=None, cost=0.0)
+
+    run(main)
+
+
+def test_ramp_waiter_goes_when_its_slot_opens_or_a_session_ends() -> None:
+    clock = FakeClock(0.0)
+
+    async def main() -> None:
+        limiter = Limiter(concurrency=4, rpm=None, tpm=None, ramp_seconds=40.0, clock=clock)
+        first = await limiter.acquire(tokens=0, cost=0.0)
+        waiting = asyncio.create_task(limiter.acquire(tokens=0, cost=0.0))  # slot 2 opens at t=10
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        limiter.release(first, tokens=None, cost=0.0)  # the one open slot is free again: in at once
+        second = await asyncio.wait_for(waiting, 0.5)
+        clock.now = 10.0  # slot 2 is open: a second session goes without waiting
+        third = await asyncio.wait_for(limiter.acquire(tokens=0, cost=0.0), 0.5)
+        assert limiter.sessions_started == 3
+        limiter.release(second, tokens=None, cost=0.0)
+        limiter.release(third, tokens=None, cost=0.0)
+
+    run(main)
+
+
+def test_ramp_in_real_time_spreads_the_first_starts() -> None:
+    starts: list[float] = []
+
+    async def main() -> None:
+        limiter = Limiter(concurrency=4, rpm=None, tpm=None, ramp_seconds=0.6)
+        t0 = time.monotonic()
+
+        async def session() -> None:
+            reservation = await limiter.acquire(tokens=0, cost=0.0)
+            starts.append(time.monotonic() - t0)
+            await asyncio.sleep(1.0)  # longer than the ramp: only the ramp lets the next one in
+            limiter.release(reservation, tokens=None, cost=0.0)
+
+        await asyncio.gather(*(session() for _ in range(4)))
+
+    run(main)
+    assert starts[0] < 0.05
+    assert 0.14 <= starts[1] < 0.3 and 0.29 <= starts[2] < 0.45 and 0.44 <= starts[3] < 0.6
+
+
+def test_ramp_zero_is_the_default_and_negative_is_refused() -> None:
+    async def main() -> None:
+        limiter = Limiter(concurrency=3, rpm=None, tpm=None)
+        held = [await asyncio.wait_for(limiter.acquire(tokens=0, cost=0.0), 0.1) for _ in range(3)]
+        assert limiter.open_slots(0.0) == 3
+        for reservation in held:
+            limiter.release(reservation, tokens=None, cost=0.0)
+        with pytest.raises(ValueError, match="ramp_seconds"):
+            Limiter(concurrency=1, rpm=None, tpm=None, ramp_seconds=-1)
+
+    run(main)
