@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from batchqwen import cost, manifest, media, results
+from batchqwen import cost, manifest, media, quotas, results
 from batchqwen.config import RunConfig
 from batchqwen.errors import (
     MODEL_UNAVAILABLE_CODES,
@@ -39,7 +39,7 @@ from batchqwen.errors import (
 )
 from batchqwen.exitcodes import EXIT_ABORTED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED
 from batchqwen.items import INPUT_BYTES_PER_SECOND, Item, PreparedInput, TurnRequest
-from batchqwen.limiter import Limiter
+from batchqwen.limiter import RUN_RAMP_SECONDS, Limiter
 from batchqwen.lock import RunLock
 from batchqwen.models import get_model
 from batchqwen.plan import ItemPlan, plan_item
@@ -545,13 +545,28 @@ async def _run_locked(
     async with _endpoint(config) as (url, api_key):
         ctx = ItemContext(config, client_settings(config, url, api_key), prices, output, out, retry)
         model = get_model(config.model)
+        # flags win; else the account's quota (with a workspace or a base URL that answers it); else the
+        # registry's defaults; the summary says which
+        limits = await quotas.run_limits(
+            url=url,
+            api_key=api_key,
+            model=model,
+            rpm_flag=config.rpm,
+            tpm_flag=config.tpm,
+            workspace=config.workspace,
+            base_url=config.base_url,
+            simulate=config.simulate,
+            window=window,
+            timeout=min(config.connect_timeout, quotas.DEFAULT_TIMEOUT),
+        )
         limiter = Limiter(
             concurrency=config.concurrency,
-            rpm=config.rpm if config.rpm is not None else (None if config.simulate else model.default_rpm),
-            tpm=config.tpm if config.tpm is not None else (None if config.simulate else model.default_tpm),
+            rpm=limits.rpm,
+            tpm=limits.tpm,
             max_cost=config.max_cost,
             window=window,
             margin=window_margin,
+            ramp_seconds=0.0 if config.simulate else RUN_RAMP_SECONDS,  # the service's burst limit
         )
         items = _pending_items(manifest.iter_items(config.manifest, limit=config.limit), done, progress, counters)
         in_flight: set[asyncio.Task[results.ResultRow]] = set()
@@ -692,6 +707,7 @@ async def _run_locked(
         output_assumption=output.describe(),
         prices_source=prices.source,
         prices_as_of=prices.as_of,
+        limits=limits.as_dict(),
     )
     results.write_summary(out, summary)
     return RunOutcome(exit_code, reason, summary, results_path)

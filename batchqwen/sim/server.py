@@ -508,6 +508,7 @@ class _Connection:
 
 def _json_response(connection: ServerConnection, status: int, body: dict[str, Any]) -> Response:
     response = connection.respond(status, json.dumps(body, ensure_ascii=False))
+    del response.headers["Content-Type"]  # websockets' Headers is a multi-dict: replace, not add
     response.headers["Content-Type"] = "application/json"
     return response
 
