@@ -1,7 +1,9 @@
 """Command line: parse options into one frozen config, call the library, map exceptions to exit codes.
 
 Exit codes: 0 every item ok · 1 finished, some items failed · 2 usage or configuration error ·
-3 aborted (fatal account error or the budget cap) · 130/143 interrupted (SIGINT/SIGTERM), work kept.
+3 aborted (fatal account error or the budget cap) · 4 the environment failed (service unreachable
+past --max-outage, output disk full or read-only) · 130/143 interrupted (SIGINT/SIGTERM), work kept.
+All of them live in ``exitcodes.py``.
 """
 
 from __future__ import annotations
@@ -257,9 +259,16 @@ def _default_out(manifest: Path) -> Path:
 @click.option(
     "--item-timeout",
     type=click.FloatRange(min=1),
-    default=300.0,
+    default=None,
+    help="Seconds one session may take (default: 300 s plus the item's streaming time at --pace), never past"
+    " the model's session lifetime.",
+)
+@click.option(
+    "--max-outage",
+    type=click.FloatRange(min=0),
+    default=600.0,
     show_default=True,
-    help="Seconds one session may take.",
+    help="Seconds the service may stay unreachable before the run stops (exit 4; the rest stays pending).",
 )
 @click.option("--wait-lock", is_flag=True, help="Wait for another run on the same --out instead of exiting.")
 @click.option(
@@ -280,7 +289,8 @@ def run(manifest: Path, out: Path | None, **options: Any) -> None:
     with the same --out resumes: items already ok are skipped.
 
     Exit codes: 0 all ok, 1 some items failed, 2 usage error, 3 aborted (key refused, arrears, budget),
-    130/143 interrupted.
+    4 the environment failed (service unreachable past --max-outage, output disk full; the rest stays
+    pending), 130/143 interrupted.
     """
     out = out or _default_out(manifest)
     if options["dry_run"]:
@@ -330,6 +340,7 @@ def run(manifest: Path, out: Path | None, **options: Any) -> None:
         first_event_timeout=options["first_event_timeout"],
         idle_timeout=options["idle_timeout"],
         item_timeout=options["item_timeout"],
+        max_outage=options["max_outage"],
         grace_seconds=options["grace"],
         wait_lock=options["wait_lock"],
         quiet=options["quiet"],
@@ -349,10 +360,10 @@ def run(manifest: Path, out: Path | None, **options: Any) -> None:
     counts = summary.get("by_status", {})
     click.echo(
         f"batchqwen: {outcome.reason}: {summary.get('items_in_manifest', 0)} items;"
-        f" ok {counts.get('ok', 0)}, failed {counts.get('failed', 0)},"
+        f" ok {counts.get('ok', 0)}, failed {counts.get('failed', 0)}, pending {counts.get('pending', 0)},"
         f" skipped (already ok) {summary.get('items_skipped_already_ok', 0)};"
         f" results in {outcome.results_path}, audio in {out / 'audio'}, summary in {out / 'summary.json'}",
-        err=options["quiet"],
+        err=options["quiet"] or outcome.exit_code == EXIT_ENVIRONMENT,  # cron mails stderr
     )
     sys.exit(outcome.exit_code)
 

@@ -48,7 +48,8 @@ class RunConfig:
     connect_timeout: float = 10.0
     first_event_timeout: float = 10.0
     idle_timeout: float = 30.0
-    item_timeout: float = 300.0
+    item_timeout: float | None = None  # None: what the item needs (see runner.item_timeout_for)
+    max_outage: float = 600.0  # the service unreachable this long: stop, the rest stays pending (exit 4)
     grace_seconds: float = 30.0  # after SIGINT/SIGTERM, how long in-flight items may still finish
     # cron behaviour
     wait_lock: bool = False

@@ -14,6 +14,7 @@
     │   ├── ServerError            an ``error`` event: carries type, code, message, param
     │   ├── HandshakeRejected      HTTP status at the WebSocket handshake (401/403/429/5xx)
     │   ├── ConnectionDropped      the connection closed or broke before the turn was done
+    │   │   └── ConnectFailed      no connection at all: DNS, refused, TLS, a broken handshake
     │   └── TimedOut               connect / first event / idle / whole-session timeout
     │   └── ModelUnavailable       the service has no such model for this key (its items fail, others go on)
     ├── BudgetExceeded             the cost cap would be passed (exit 3)
@@ -144,13 +145,30 @@ class ConnectionDropped(RemoteError):
     kind = "connection_dropped"
 
 
+class ConnectFailed(ConnectionDropped):
+    """The connection could not be made at all: it says something about the network, not the item."""
+
+    kind = "connect_failed"
+
+
+#: the option that governs each timeout, named in its message
+TIMEOUT_FLAGS: dict[str, str] = {
+    "connect": "--connect-timeout",
+    "first event": "--first-event-timeout",
+    "idle": "--idle-timeout",
+    "session": "--item-timeout",
+}
+
+
 class TimedOut(RemoteError):
     kind = "timeout"
 
-    def __init__(self, what: str, seconds: float):
+    def __init__(self, what: str, seconds: float, *, host: str = ""):
         self.what = what
         self.seconds = seconds
-        super().__init__(f"{what} timed out after {seconds:g} s")
+        flag = TIMEOUT_FLAGS.get(what)
+        where = f" to {host}" if host else ""
+        super().__init__(f"{what}{where} timed out after {seconds:g} s" + (f" ({flag})" if flag else ""))
 
 
 class BudgetExceeded(BatchQwenError):

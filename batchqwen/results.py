@@ -10,6 +10,8 @@ file in the same folder, fsynced, then ``os.replace``-d over the old one. See ``
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -29,7 +31,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchqwen.errors import BatchQwenError, HandshakeRejected, ServerError
+from batchqwen.errors import BatchQwenError, HandshakeRejected, OutputUnwritable, ServerError
 from batchqwen.items import Item
 
 JOURNAL_NAME = "journal.jsonl"
@@ -344,6 +346,10 @@ def write_wav_atomic(path: Path, wav_bytes: bytes) -> None:
 # ----------------------------------------------------------------------------- the journal
 
 
+#: errors that say the output disk, not the item, failed: full, out of quota, read-only
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
 class Journal:
     """Append-only JSON Lines at ``OUT/journal.jsonl``: one result record (a result row) per line.
 
@@ -387,14 +393,23 @@ class Journal:
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
         data = line.encode("utf-8", "surrogatepass")
         with self._lock:
-            if self._fd is None:
-                self._fd = self._open()
-            offset = os.fstat(self._fd).st_size  # O_APPEND and one writer: the line starts here
-            view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-            os.fsync(self._fd)
+            try:
+                if self._fd is None:
+                    self._fd = self._open()
+                offset = os.fstat(self._fd).st_size  # O_APPEND and one writer: the line starts here
+            except OSError as exc:
+                raise OutputUnwritable(f"cannot write the journal {self.path}: {exc.strerror or exc}") from exc
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+                os.fsync(self._fd)
+            except OSError as exc:
+                # never leave half a record: cut the file back to where this line began
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, offset)
+                raise OutputUnwritable(f"cannot write the journal {self.path}: {exc.strerror or exc}") from exc
         return offset
 
     def records(self) -> Iterator[dict[str, Any]]:

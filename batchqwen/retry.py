@@ -16,10 +16,15 @@
 The codes and their classes are the v2 SDK's registry, as the table
 :data:`batchqwen.errors.SERVICE_ERROR_CLASSES`.
 
-Choices where the reference is silent: a :class:`ProtocolError` (a malformed frame, an illegal event
-order) is permanent, since a retry meets the same server behaviour and would be billed again; an
-``error`` event with no type and no code is treated like ``server_error`` (retryable) because it is the
-service misbehaving, not the request; unknown exceptions are permanent.
+A :class:`ProtocolError` (a malformed frame, an out-of-order event) is the server's fault, not the
+item's: it is retryable within ``--max-attempts`` like a dropped connection (an :class:`InvalidState`,
+our own misuse of the core, stays permanent). An ``error`` event with no type and no code is treated like
+``server_error`` (retryable) because it is the service misbehaving, not the request; unknown exceptions
+are permanent.
+
+:func:`is_connection_failure` picks out the failures that say nothing about the item and everything
+about the network (no connection, a handshake answered 5xx, a connect timeout): the runner charges them to
+the run-level breaker (:mod:`batchqwen.breaker`), never to the item's attempts.
 """
 
 from __future__ import annotations
@@ -33,8 +38,11 @@ from batchqwen.errors import (
     MODEL_UNAVAILABLE_CODES,
     SERVICE_ERROR_CLASSES,
     BudgetExceeded,
+    ConnectFailed,
     ConnectionDropped,
     HandshakeRejected,
+    InvalidState,
+    ProtocolError,
     ServerError,
     TimedOut,
     UsageError,
@@ -51,6 +59,17 @@ def is_throttling(exc: BaseException) -> bool:
         return exc.status == 429
     if isinstance(exc, ServerError):
         return exc.code.startswith("Throttling")
+    return False
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """True when no session got going for reasons of the network or the gateway, not of the item."""
+    if isinstance(exc, ConnectFailed):
+        return True
+    if isinstance(exc, TimedOut):
+        return exc.what == "connect"
+    if isinstance(exc, HandshakeRejected):
+        return 500 <= exc.status <= 599
     return False
 
 
@@ -89,6 +108,8 @@ def classify(exc: BaseException) -> Kind:
         return "permanent"
     if isinstance(exc, ConnectionDropped | TimedOut):
         return "retryable"
+    if isinstance(exc, ProtocolError) and not isinstance(exc, InvalidState):
+        return "retryable"  # the server broke the protocol: nothing to do with the item
     if isinstance(exc, UsageError | BudgetExceeded):
         return "fatal"
     return "permanent"

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from batchqwen import cost, manifest, media, quotas, results
+from batchqwen.breaker import Breaker, EventSink
 from batchqwen.config import RunConfig
 from batchqwen.errors import (
     MODEL_UNAVAILABLE_CODES,
@@ -34,18 +35,22 @@ from batchqwen.errors import (
     FatalRunError,
     ItemError,
     ModelUnavailable,
+    OutputUnwritable,
     ServerError,
+    ServiceUnreachable,
     UsageError,
 )
-from batchqwen.exitcodes import EXIT_ABORTED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED
+from batchqwen.exitcodes import EXIT_ABORTED, EXIT_ENVIRONMENT, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED
 from batchqwen.items import INPUT_BYTES_PER_SECOND, Item, PreparedInput, TurnRequest
 from batchqwen.limiter import RUN_RAMP_SECONDS, Limiter
 from batchqwen.lock import RunLock
-from batchqwen.models import get_model
+from batchqwen.models import ModelInfo, get_model
 from batchqwen.plan import ItemPlan, plan_item
-from batchqwen.realtime.client import ClientSettings, run_turn
+from batchqwen.realtime.client import ClientSettings, run_turn, url_for
 from batchqwen.realtime.events import Usage
-from batchqwen.retry import backoff_delays, classify, is_throttling
+from batchqwen.realtime.gateways import host_of
+from batchqwen.retry import backoff_delays, classify, is_connection_failure, is_throttling
+from batchqwen.runevents import RUN_EVENTS_NAME, RunEvents
 
 log = logging.getLogger("batchqwen")
 
@@ -63,6 +68,8 @@ class RetryPolicy:
     throttle_base_delay: float = 2.0
     throttle_max_delay: float = 60.0
     max_throttled: int = 30
+    #: connection failures one item may see while the breaker stays closed (sporadic, not an outage)
+    max_connect_failures: int = 20
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,20 @@ def estimate_for(plan: ItemPlan, prepared: PreparedInput, ctx: ItemContext) -> t
     return estimate, money
 
 
+ITEM_TIMEOUT_MARGIN = 300.0  # beyond the streaming time: the service's answer and the end of the session
+
+
+def item_timeout_for(config: RunConfig, model: ModelInfo, audio_seconds: float) -> float:
+    """The whole-session cap of one item: ``--item-timeout`` when given, else what the item needs (its
+    streaming time at ``--pace`` plus a margin); never past the model's session lifetime."""
+    lifetime = model.session_lifetime_seconds - SESSION_LIFETIME_MARGIN
+    needed = config.item_timeout
+    if needed is None:
+        streaming = audio_seconds / config.pace if config.pace > 0 else 0.0
+        needed = streaming + ITEM_TIMEOUT_MARGIN
+    return min(needed, lifetime)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -113,13 +134,18 @@ async def process_item(
     *,
     event_log: Callable[[str, str, dict[str, Any]], None] | None = None,
     decoder: Executor | None = None,
+    breaker: Breaker | None = None,
+    run_events: EventSink | None = None,
 ) -> results.ResultRow:
     """Prepare, stream and collect one item; return its result row.
 
     Decoding runs in ``decoder`` (a process pool spreads it over the cores) or, by default, in a thread.
+    ``breaker`` (shared by the run's workers) takes the connection-level failures, which are never
+    charged to the item; ``run_events`` records throttling cool-downs.
 
     Item-level problems (bad media, a permanent server refusal, retries exhausted) become a failed row.
-    Raises FatalRunError for account-level errors and BudgetExceeded when the cap stops new sessions.
+    Raises FatalRunError for account-level errors, BudgetExceeded when the cap stops new sessions,
+    ServiceUnreachable when the breaker gives up, OutputUnwritable when the WAV cannot be stored.
     """
     config = ctx.config
     secrets = [config.api_key] if config.api_key else []
@@ -179,63 +205,90 @@ async def process_item(
         source_language=plan.source_language,
         chunk_bytes=round(config.chunk_ms * INPUT_BYTES_PER_SECOND / 1000 / 2) * 2,
     )
-    settings = ctx.client
-    lifetime = plan.model.session_lifetime_seconds - SESSION_LIFETIME_MARGIN
-    if settings.session_timeout > lifetime:  # a session must end before the service's own lifetime cut
-        settings = replace(settings, session_timeout=lifetime)
+    settings = replace(ctx.client, session_timeout=item_timeout_for(config, plan.model, prepared.audio_seconds))
     if event_log is not None:
         settings = replace(settings, event_log=lambda direction, event: event_log(item.id, direction, event))
 
     policy = ctx.retry
     delays = backoff_delays(base=policy.base_delay, cap=policy.max_delay)
     throttle_delays = backoff_delays(base=policy.throttle_base_delay, cap=policy.throttle_max_delay)
-    attempts = failures = throttled = 0
+    attempts = failures = throttled = unreachable = 0
     failed_tokens: int | None = None
+    host = host_of(url_for(settings.base_url, plan.model.name, settings.workspace))
     while True:
-        # raises AdmissionClosed once the run stops: the item stays unfinished and runs next time
-        reservation = await limiter.acquire(tokens=estimate.total, cost=est_cost or 0.0)
-        attempts += 1
+        # both raise once the run stops (AdmissionClosed) or the outage outlasts --max-outage
+        # (ServiceUnreachable): the item stays unfinished and runs next time
+        probe = await breaker.admit() if breaker is not None else False
         try:
+            reservation = await limiter.acquire(tokens=estimate.total, cost=est_cost or 0.0)
+            attempts += 1
             result = await run_turn(request, settings)
         except BatchQwenError as exc:
-            usage_seen = getattr(exc, "usage", None)  # a failed attempt's usage, when the client knows it
-            spent = usage_seen.total_tokens if isinstance(usage_seen, Usage) else None
-            if spent is not None:
-                failed_tokens = (failed_tokens or 0) + spent
-            billed = 0.0  # what the failed attempt cost, when the service reported usage: counts to the cap
-            if isinstance(usage_seen, Usage) and price is not None:
-                billed, _ = cost.cost_of_usage(price, usage_seen, estimate=estimate, modalities=plan.modalities)
+            failure = exc
+        else:
+            if breaker is not None:
+                breaker.success()
+            break
+        finally:
+            if probe and breaker is not None:
+                breaker.release_probe()  # a probe that ended without a verdict lets the next one go
+        if isinstance(failure, AdmissionClosed | BudgetExceeded):
+            raise failure
+        # the network's or the gateway's fault, not the item's: charged to the breaker, not an attempt
+        to_breaker = breaker is not None and is_connection_failure(failure)
+        if to_breaker:
+            assert breaker is not None
+            limiter.release(reservation, tokens=0, cost=0.0)
+            breaker.failure(results.redact(str(failure), secrets), host, probe=probe)
+            attempts -= 1
+            unreachable += 1
+            if unreachable < policy.max_connect_failures:
+                if not breaker.is_open:  # an isolated failure: a short pause, then again
+                    await asyncio.sleep(next(delays))
+                continue
+        elif breaker is not None:
+            breaker.success()  # the service answered, even if with a refusal
+        usage_seen = getattr(failure, "usage", None)  # a failed attempt's usage, when the client knows it
+        spent = usage_seen.total_tokens if isinstance(usage_seen, Usage) else None
+        if spent is not None:
+            failed_tokens = (failed_tokens or 0) + spent
+        billed = 0.0  # what the failed attempt cost, when the service reported usage: counts to the cap
+        if isinstance(usage_seen, Usage) and price is not None:
+            billed, _ = cost.cost_of_usage(price, usage_seen, estimate=estimate, modalities=plan.modalities)
+        if not to_breaker:
             limiter.release(reservation, tokens=spent, cost=billed)
-            kind = classify(exc)
-            if kind == "fatal":
-                raise FatalRunError(exc) from exc
-            if kind == "retryable" and is_throttling(exc):
-                # Refused before any work: not billed, so not one of --max-attempts; bounded on its own.
-                # The cool-down pauses every worker, since the quota is the account's, not this item's.
-                throttled += 1
-                if throttled < policy.max_throttled:
-                    delay = next(throttle_delays)
-                    limiter.cool_down(delay)
-                    log.info("item %s: throttled (%s); every worker pauses %.1f s", item.id, exc, delay)
-                    continue
-            elif kind == "retryable":
-                failures += 1
-                if failures < config.max_attempts:
-                    delay = next(delays)
-                    log.info("item %s: attempt %d failed (%s); retrying in %.1f s", item.id, attempts, exc, delay)
-                    await asyncio.sleep(delay)
-                    continue
-            log.warning("item %s failed after %d attempt(s): %s", item.id, attempts, results.redact(str(exc), secrets))
-            return results.failed_row(
-                item,
-                exc,
-                attempts=attempts,
-                secrets=secrets,
-                finished_at=_now(),
-                failed_attempt_tokens=failed_tokens,
-                **known,
-            )
-        break
+        kind = classify(failure)
+        if kind == "fatal":
+            raise FatalRunError(failure) from failure
+        if kind == "retryable" and is_throttling(failure):
+            # Refused before any work: not billed, so not one of --max-attempts; bounded on its own.
+            # The cool-down pauses every worker, since the quota is the account's, not this item's.
+            throttled += 1
+            if throttled < policy.max_throttled:
+                delay = next(throttle_delays)
+                limiter.cool_down(delay)
+                if run_events is not None:
+                    run_events("throttle", {"item": item.id, "error": str(failure), "cool_down_seconds": delay})
+                log.info("item %s: throttled (%s); every worker pauses %.1f s", item.id, failure, delay)
+                continue
+        elif kind == "retryable" and not to_breaker:
+            failures += 1
+            if failures < config.max_attempts:
+                delay = next(delays)
+                log.info("item %s: attempt %d failed (%s); retrying in %.1f s", item.id, attempts, failure, delay)
+                await asyncio.sleep(delay)
+                continue
+        message = results.redact(str(failure), secrets)
+        log.warning("item %s failed after %d attempt(s): %s", item.id, attempts, message)
+        return results.failed_row(
+            item,
+            failure,
+            attempts=attempts,
+            secrets=secrets,
+            finished_at=_now(),
+            failed_attempt_tokens=failed_tokens,
+            **known,
+        )
 
     row = results.ResultRow.from_item(
         item, results.STATUS_OK, attempts=attempts, failed_attempt_tokens=failed_tokens, **known
@@ -262,7 +315,13 @@ async def process_item(
             wav_path = results.wav_path(ctx.out_dir, item.id)
             wav = media.pcm_to_wav(result.output_pcm, plan.model.output_sample_rate)
             await asyncio.to_thread(results.write_wav_atomic, wav_path, wav)
-        except (OSError, BatchQwenError) as exc:
+        except OSError as exc:
+            if exc.errno in results.DISK_FULL_ERRNOS:  # the disk, not the item: stop; this item runs again
+                raise OutputUnwritable(f"cannot store {wav_path}: {exc.strerror or exc}") from exc
+            row.status = results.STATUS_FAILED
+            row.error_type, row.error_code = "output", None
+            row.error_message = results.redact(f"cannot write the output WAV: {exc}", secrets)
+        except BatchQwenError as exc:
             # the answer was paid for but cannot be kept: say so on the row; the run goes on
             row.status = results.STATUS_FAILED
             row.error_type, row.error_code = "output", None
@@ -390,7 +449,7 @@ def client_settings(config: RunConfig, url: str, api_key: str) -> ClientSettings
         first_event_timeout=config.first_event_timeout,
         idle_timeout=config.idle_timeout,
         # a session must end before the service's own lifetime cut does
-        session_timeout=config.item_timeout,  # capped per item by its model's session lifetime
+        session_timeout=config.item_timeout or ITEM_TIMEOUT_MARGIN,  # set per item by item_timeout_for
         pace=config.pace,
     )
 
@@ -500,6 +559,8 @@ async def _run_locked(
     progress = Progress(total, bar=show_bar)
     counters = {"skipped": 0, "changed": 0, "ran": 0}
     stop_reason: list[str] = []  # first reason wins: "fatal: ...", "budget: ...", "signal: SIGINT"
+    environment_failed: list[str] = []  # set when the stop was the environment's: an outage, a full disk
+    run_events = RunEvents(out, secrets)
     exit_signal: list[int] = []
 
     if config.max_cost is not None:
@@ -568,15 +629,25 @@ async def _run_locked(
             margin=window_margin,
             ramp_seconds=0.0 if config.simulate else RUN_RAMP_SECONDS,  # the service's burst limit
         )
+        breaker = Breaker(max_outage=config.max_outage, on_event=run_events)
         items = _pending_items(manifest.iter_items(config.manifest, limit=config.limit), done, progress, counters)
         in_flight: set[asyncio.Task[results.ResultRow]] = set()
         stopping = asyncio.Event()
 
-        def stop_run(reason: str) -> None:
+        def stop_run(reason: str, *, environment: bool = False) -> None:
             if not stop_reason:
                 stop_reason.append(reason)
+                if environment:
+                    environment_failed.append(reason)
             stopping.set()
             limiter.close()  # waiting and retrying items start no session from now on
+            breaker.close()
+
+        def output_failed(exc: OutputUnwritable) -> None:
+            if not stopping.is_set():
+                log.error("stopping the run: %s", exc)
+                run_events("output_unwritable", {"error": str(exc)})
+            stop_run(f"environment: {exc}", environment=True)
 
         def on_signal(signum: int) -> None:
             if exit_signal:  # a second signal: stop waiting for in-flight items
@@ -603,7 +674,9 @@ async def _run_locked(
                 if item is None:
                     return
                 model_name = (item.model or config.model).strip()
-                work = process_item(item, ctx, limiter, event_log=event_log, decoder=decoder)
+                work = process_item(
+                    item, ctx, limiter, event_log=event_log, decoder=decoder, breaker=breaker, run_events=run_events
+                )
                 if model_name in unavailable:
                     work.close()
                     work = _unavailable_row(item, model_name, unavailable[model_name], secrets)
@@ -623,6 +696,12 @@ async def _run_locked(
                 except BudgetExceeded as exc:
                     stop_run(f"budget: {exc}")
                     return
+                except ServiceUnreachable as exc:
+                    stop_run(f"environment: {exc}", environment=True)  # the item stays pending
+                    return
+                except OutputUnwritable as exc:
+                    output_failed(exc)
+                    return
                 except AdmissionClosed:
                     return  # the run is stopping; this item stays unfinished and runs next time
                 except asyncio.CancelledError:
@@ -641,7 +720,11 @@ async def _run_locked(
                     unavailable[model_name] = ServerError(row.error_message or "", code=row.error_code or "")
                 record = row.to_record()
                 # durable on disk before the item counts as done (fsync off the event loop)
-                offset = await asyncio.to_thread(journal.append, record)
+                try:
+                    offset = await asyncio.to_thread(journal.append, record)
+                except OutputUnwritable as exc:
+                    output_failed(exc)  # the record is not in the journal: the item runs next time
+                    return
                 done.note(record, offset)
                 counters["ran"] += 1
                 progress.update(record)
@@ -659,7 +742,10 @@ async def _run_locked(
                     for task in in_flight:
                         task.cancel()
                 if time.monotonic() - last_checkpoint >= checkpoint_seconds and not all_done.done():
-                    await asyncio.to_thread(checkpoint)
+                    try:
+                        await asyncio.to_thread(checkpoint)
+                    except OSError as exc:
+                        output_failed(OutputUnwritable(f"cannot write {out / 'results.parquet'}: {exc}"))
                     last_checkpoint = time.monotonic()
             await all_done
         finally:
@@ -674,16 +760,28 @@ async def _run_locked(
             if decoder is not None:
                 decoder.shutdown(wait=False, cancel_futures=True)
             progress.close()
+            breaker_summary = breaker.summary()
             journal.close()
             if event_log is not None:
                 event_log.close()
 
     totals = results.Totals()  # over the final rows: every manifest item, pending ones included
-    results_path = await asyncio.to_thread(checkpoint, totals.add)
+    results_path: Path | None
+    try:
+        results_path = await asyncio.to_thread(checkpoint, totals.add)
+    except OSError as exc:
+        problem = f"environment: cannot write {out / 'results.parquet'}: {exc}"
+        log.error("%s (the journal keeps every finished item; rerun once there is space)", problem)
+        if not environment_failed:
+            stop_reason.insert(0, problem)
+            environment_failed.append(problem)
+        results_path = None
     summary = totals.result()
     reason = stop_reason[0] if stop_reason else "completed"
     if exit_signal:
         exit_code = EXIT_SIGINT if exit_signal[0] == signal.SIGINT else EXIT_SIGTERM
+    elif environment_failed:
+        exit_code = EXIT_ENVIRONMENT
     elif stop_reason:
         exit_code = EXIT_ABORTED
     elif totals.by_status[results.STATUS_FAILED]:
@@ -708,6 +806,13 @@ async def _run_locked(
         prices_source=prices.source,
         prices_as_of=prices.as_of,
         limits=limits.as_dict(),
+        outages=breaker_summary,
+        run_events=RUN_EVENTS_NAME,
     )
-    results.write_summary(out, summary)
+    run_events("run_end", {"exit_code": exit_code, "reason": reason})
+    run_events.close()
+    try:
+        results.write_summary(out, summary)
+    except OSError as exc:  # the disk that stopped the run may not take the summary either: stderr has it
+        log.error("cannot write %s: %s; the run ended with: %s", out / "summary.json", exc, reason)
     return RunOutcome(exit_code, reason, summary, results_path)

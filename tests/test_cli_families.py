@@ -87,12 +87,12 @@ def test_a_connection_failure_names_the_host_it_tried(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main,
         ["run", str(job / "m.csv"), "--out", str(tmp_path / "o"), "--base-url", f"ws://127.0.0.1:{port}/x",
-         "--max-attempts", "1", "--quiet"],
+         "--max-outage", "1", "--quiet"],
         env={"DASHSCOPE_API_KEY": "sk-test-0123456789"},
     )  # fmt: skip
-    assert result.exit_code == 1, result.output
-    row = _rows(tmp_path / "o")["a"]
-    assert row["status"] == "failed" and f"127.0.0.1:{port}" in str(row["error_message"])
+    assert result.exit_code == 4, result.output  # an outage: the environment, not the item
+    assert f"host 127.0.0.1:{port}" in result.output
+    assert _rows(tmp_path / "o")["a"]["status"] == "pending"  # never reached: the next run picks it up
 
 
 def test_models_shows_each_family_voices_and_translation_languages() -> None:

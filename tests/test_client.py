@@ -20,6 +20,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from batchqwen.errors import (
     ConnectionDropped,
     HandshakeRejected,
+    InvalidState,
     ItemError,
     ProtocolError,
     ServerError,
@@ -376,7 +377,8 @@ def test_missing_input_transcript_waits_only_for_the_grace() -> None:
         (ServerError("x", error_type="invalid_request_error", code="DataInspectionFailed"), "permanent"),
         (ServerError("x", error_type="invalid_request_error", code="invalid_value"), "permanent"),
         (ServerError("x"), "retryable"),
-        (ProtocolError("bad frame"), "permanent"),
+        (ProtocolError("bad frame"), "retryable"),  # the server's fault, not the item's (the outages issue)
+        (InvalidState("our own misuse of the core"), "permanent"),
         (ItemError("bad file"), "permanent"),
         (UsageError("bad option"), "fatal"),
         (ValueError("?"), "permanent"),

@@ -87,7 +87,7 @@ def run_with(sim_config: SimulatorConfig, source: Path, out: Path, **overrides: 
         (ServerError("flagged", error_type="data_inspection_error", code="DataInspectionFailed"), "permanent"),
         (MediaError("cannot decode"), "permanent"),
         (InputFileError("missing"), "permanent"),
-        (ProtocolError("malformed JSON"), "permanent"),
+        (ProtocolError("malformed JSON"), "retryable"),  # a broken frame says nothing about the item
         (HandshakeRejected(401), "fatal"),
         (HandshakeRejected(403), "fatal"),
         (ServerError("bad key", error_type="invalid_request_error", code="InvalidApiKey"), "fatal"),

@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from batchqwen import __version__
 from batchqwen.errors import (
     BatchQwenError,
+    ConnectFailed,
     ConnectionDropped,
     HandshakeRejected,
     ProtocolError,
@@ -136,11 +137,11 @@ async def _open(url: str, settings: ClientSettings) -> ClientConnection:
     except InvalidURI as exc:
         raise UsageError(f"invalid realtime URL: {_scrub(str(exc), settings)}") from None
     except InvalidHandshake as exc:
-        raise ProtocolError(f"WebSocket handshake failed: {_scrub(str(exc), settings)}") from None
+        raise ConnectFailed(f"WebSocket handshake with {host_of(url)} failed: {_scrub(str(exc), settings)}") from None
     except TimeoutError:
-        raise TimedOut(f"connect to {host_of(url)}", settings.open_timeout) from None
-    except OSError as exc:
-        raise ConnectionDropped(f"could not connect to {host_of(url)}: {_scrub(str(exc), settings)}") from None
+        raise TimedOut("connect", settings.open_timeout, host=host_of(url)) from None
+    except OSError as exc:  # DNS, refused, unreachable, TLS (ssl.SSLError is an OSError)
+        raise ConnectFailed(f"could not connect to {host_of(url)}: {_scrub(str(exc), settings)}") from None
 
 
 async def _close(ws: ClientConnection) -> None:
@@ -172,6 +173,7 @@ class _Pump:
         self.start = start
         self.session_deadline = start + settings.session_timeout
         self.last_activity = self.loop.time()
+        self.sending = False  # the sender has events to hand out: the service's silence is not yet owed
         self.finish_deadline: float | None = None
         self.wake = asyncio.Event()
 
@@ -211,6 +213,8 @@ class _Pump:
             wait, what, limit = self.finish_deadline - now, "session.finished", s.finish_timeout
         else:
             wait, what, limit = self.last_activity + s.idle_timeout - now, "idle", s.idle_timeout
+            if self.sending:  # still streaming (paced, or a slow link): nobody is waiting on the service yet
+                wait = s.idle_timeout
             if core.deadline is not None:
                 grace_left = self.start + core.deadline - now
                 if grace_left < wait:
@@ -247,6 +251,8 @@ class _Pump:
                     async with asyncio.timeout(_LAST_LOOK_SECONDS):
                         frame = await ws.recv()
                 except TimeoutError:
+                    if self._budget(loop.time())[0] > 0:
+                        continue  # the sender was busy meanwhile: the service's silence starts later
                     self._expire(what, limit)
                     continue
                 except ConnectionClosed:
@@ -285,11 +291,14 @@ class _Pump:
         while True:
             out = core.next_event()
             if out is None:
+                self.sending = False
+                self.last_activity = loop.time()  # from now on, the silence is the service's
                 if core.done:
                     return
                 self.wake.clear()
                 await self.wake.wait()
                 continue
+            self.sending = True
             event = out.event
             if pace > 0 and isinstance(event, InputAudioBufferAppend | InputImageBufferAppend):
                 if stream_start is None:
