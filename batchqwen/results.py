@@ -552,27 +552,52 @@ def passthrough_text(value: Any) -> str | None:
 
 
 def _converter(kind: pa.DataType) -> Callable[[Any], Any]:
+    """A lenient converter to ``kind`` for one value of a hand-edited journal: what cannot be read is null."""
     if pa.types.is_int64(kind):
-        return int
-    if pa.types.is_float64(kind):
-        return float
-    if pa.types.is_timestamp(kind):
-        return lambda v: datetime.fromisoformat(v) if isinstance(v, str) else v
-    if pa.types.is_list(kind) and pa.types.is_struct(kind.value_type):
-        return lambda v: [dict(x) for x in v]
-    if pa.types.is_list(kind):
-        return lambda v: [str(x) for x in v]
-    return str
+        convert: Callable[[Any], Any] = int
+    elif pa.types.is_float64(kind):
+        convert = float
+    elif pa.types.is_timestamp(kind):
+        convert = lambda v: datetime.fromisoformat(v) if isinstance(v, str) else v  # noqa: E731
+    elif pa.types.is_struct(kind):
+        fields = {f.name: _converter(f.type) for f in kind}
+        convert = lambda v: {n: (None if v.get(n) is None else c(v.get(n))) for n, c in fields.items()}  # noqa: E731
+    elif pa.types.is_list(kind):
+        element = _converter(kind.value_type)
+
+        def convert(v: Any) -> Any:
+            if isinstance(v, str):  # a list written as JSON text, or a lone value
+                try:
+                    v = json.loads(v)
+                except ValueError:
+                    v = [v]
+            if not isinstance(v, list):
+                v = [v]
+            struct = pa.types.is_struct(kind.value_type)
+            return [element(x) for x in v if x is not None and (isinstance(x, dict) or not struct)]
+    else:
+        convert = str
+
+    def lenient(value: Any) -> Any:
+        try:
+            return convert(value)
+        except (TypeError, ValueError, AttributeError):
+            return None
+
+    return lenient
 
 
 _CONVERTERS: dict[str, Callable[[Any], Any]] = {f.name: _converter(f.type) for f in RESULT_SCHEMA}
 _TIMESTAMP_COLUMNS = ("started_at", "finished_at")
+_LIST_COLUMNS = tuple(f.name for f in RESULT_SCHEMA if pa.types.is_list(f.type))
 
 
 def _to_batch(columns: dict[str, list[Any]], schema: pa.Schema) -> pa.RecordBatch:
     """Columns as a record batch; values of the wrong Python type (a hand-edited journal) are converted."""
     for name in _TIMESTAMP_COLUMNS:  # the journal keeps them as ISO 8601 text
         columns[name] = [None if v is None else _CONVERTERS[name](v) for v in columns[name]]
+    for name in _LIST_COLUMNS:  # absent in journals of older versions and in pending rows: empty, not null
+        columns[name] = [[] if v is None else v for v in columns[name]]
     try:
         return pa.RecordBatch.from_pydict(columns, schema=schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError):

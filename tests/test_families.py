@@ -297,6 +297,47 @@ def test_livetranslate_answers_may_arrive_while_the_audio_still_streams() -> Non
     assert [u.text for u in core.result().utterances] == ["A"]
 
 
+def test_livetranslate_utterances_without_committed_events_keep_their_source_and_times() -> None:
+    core = ClientTurn(request(LT3, target_language="en"))
+    feed(core, [SessionCreated(session={"id": "s"}), SessionUpdated(session={})])
+    events = [e for e in utterance(1, 100, 900, "你好", "Hello") if not isinstance(e, InputAudioBufferCommitted)]
+    feed(core, [e for e in events if not isinstance(e, ConversationItemCreated)])
+    core.receive(SessionFinished())
+    result = core.result()
+    assert [(u.start_seconds, u.end_seconds, u.source_text, u.text) for u in result.utterances] == [
+        (0.1, 0.9, "你好", "Hello")
+    ]
+    assert result.input_transcript == "你好"
+
+
+def test_livetranslate_an_unanswered_utterance_keeps_its_transcript_and_nothing_is_lost() -> None:
+    core = ClientTurn(request(LT3, target_language="en"))
+    feed(core, [SessionCreated(session={"id": "s"}), SessionUpdated(session={})])
+    feed(core, utterance(1, 0, 500, "你好", "Hello"))
+    feed(core, utterance(2, 900, 1500, "再见", "Goodbye")[:5])  # transcribed, never answered
+    core.receive(SessionFinished())
+    result = core.result()
+    assert [(u.source_text, u.text) for u in result.utterances] == [("你好", "Hello"), ("再见", "")]
+    assert result.input_transcript == "你好 再见"
+
+
+def test_livetranslate_a_request_error_while_draining_keeps_the_session_and_the_answers() -> None:
+    from batchqwen.realtime.events import Error
+
+    core = ClientTurn(request(LT3, target_language="en"))
+    feed(core, [SessionCreated(session={"id": "s"}), SessionUpdated(session={}), *utterance(1, 0, 500, "a", "A")])
+    core.receive(Error(error={"type": "invalid_request_error", "code": "invalid_value", "message": "x"}))
+    assert core.state is State.DRAINING and isinstance(core.late_error, ServerError)
+    feed(core, utterance(2, 900, 1500, "b", "B"))
+    core.receive(SessionFinished())
+    assert [u.text for u in core.result().utterances] == ["A", "B"]
+    # a server_error still ends it
+    other = ClientTurn(request(LT3, target_language="en"))
+    feed(other, [SessionCreated(session={"id": "s"}), SessionUpdated(session={})])
+    other.receive(Error(error={"type": "server_error", "code": "InternalError", "message": "x"}))
+    assert other.state is State.FAILED
+
+
 def test_livetranslate_closed_before_session_finished_is_a_dropped_connection() -> None:
     core = ClientTurn(request(LT3, target_language="en"))
     feed(core, [SessionCreated(session={"id": "s"}), SessionUpdated(session={}), *utterance(1, 0, 500, "a", "A")])
@@ -308,8 +349,8 @@ def test_livetranslate_finished_with_no_answer_fails_the_item() -> None:
     core = ClientTurn(request(LT3, target_language="en"))
     feed(core, [SessionCreated(session={"id": "s"}), SessionUpdated(session={})])
     core.receive(SessionFinished())
-    assert core.state is State.FAILED and isinstance(core.failure, ProtocolError)
-    assert "no speech" in str(core.failure)
+    assert core.state is State.FAILED and isinstance(core.failure, ItemError)  # not retried: same audio, same
+    assert "detected no speech" in str(core.failure)
 
 
 def test_a_response_before_session_updated_is_illegal_in_server_turns() -> None:

@@ -337,3 +337,19 @@ def test_results_accept_journal_values_of_a_loose_type(tmp_path: Path) -> None:
     record = {"id": "id-1", "status": "ok", "content_hash": "h1", "attempts": "2", "cost": 1, "session_id": 5}
     rows = pq.read_table(write_results(tmp_path, [it], {"id-1": record}, [])).to_pylist()
     assert rows[0]["attempts"] == 2 and rows[0]["cost"] == 1.0 and rows[0]["session_id"] == "5"
+
+
+def test_results_read_hand_edited_list_columns_and_old_journals_without_them(tmp_path: Path) -> None:
+    utterances = [{"start_seconds": "1.5", "end_seconds": 2, "source_text": "hi", "text": "hello"}, None, "junk"]
+    edited = {"id": "id-1", "status": "ok", "content_hash": "h1", "utterances": utterances, "notes": "one note"}
+    as_json = {"id": "id-2", "status": "ok", "content_hash": "h2", "utterances": json.dumps(utterances[:1])}
+    old = {"id": "id-3", "status": "ok", "content_hash": "h3", "attempts": "x"}  # no new columns; a bad number
+    items = [item(1), item(2), item(3)]
+    path = write_results(tmp_path, items, {"id-1": edited, "id-2": as_json, "id-3": old}, [])
+    rows = {r["id"]: r for r in pq.read_table(path).to_pylist()}
+    first = {"start_seconds": 1.5, "end_seconds": 2.0, "source_text": "hi", "text": "hello"}
+    assert rows["id-1"]["utterances"] == [first]  # the null and the non-object elements are dropped
+    assert rows["id-1"]["notes"] == ["one note"]  # a lone string is one note, not a list of characters
+    assert rows["id-2"]["utterances"] == [first]
+    assert rows["id-3"]["utterances"] == [] and rows["id-3"]["notes"] == [] and rows["id-3"]["response_ids"] == []
+    assert rows["id-3"]["attempts"] is None  # unreadable: null, not a crash after the whole run

@@ -186,7 +186,9 @@ class _Pump:
                 receiver.cancel()  # a sender bug, or the sender ended the session (a finish with no answer)
             await asyncio.wait((receiver,))
             if not receiver.cancelled() and receiver.exception() is None:
-                await asyncio.wait((sender,))  # the core is done: the sender has nothing left but to return
+                # the core is done: the sender has nothing left but to return (bounded: a peer that stopped
+                # reading could hold a send)
+                await asyncio.wait((sender,), timeout=self.settings.close_timeout)
         finally:
             for task in (receiver, sender):
                 task.cancel()
@@ -336,6 +338,9 @@ async def run_turn(
     connect_seconds = loop.time() - start
     try:
         await _Pump(ws, core, settings, start).run()
+    except BatchQwenError as exc:
+        exc.usage = core.usage  # a timeout after billed responses: what the attempt was billed
+        raise
     finally:
         await _close(ws)
     if not core.completed:

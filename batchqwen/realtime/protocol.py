@@ -254,7 +254,7 @@ class ClientTurn:
         self.response_ids: list[str] = []
         self._input_transcript: str | None = None
         self._transcripts: dict[str, str] = {}  # server-detected turns: item id -> source transcript
-        self._item_order: list[str] = []  # server-detected turns: committed item ids, in order
+        self._item_order: list[str] = []  # server-detected turns: utterance item ids, in first-seen order
         self._speech: dict[str, list[float | None]] = {}  # item id -> [start, end] seconds
         self._answers: list[tuple[str, str]] = []  # (text, transcript) of each finished response, in order
         self._answer_start = (0, 0)  # where the running response's text and transcript begin
@@ -284,11 +284,6 @@ class ClientTurn:
     def completed(self) -> bool:
         """True once the last response is done: the result is whole even if the session end goes wrong."""
         return self.state in (State.AWAIT_TRANSCRIPT, State.FINISHING, State.CLOSED)
-
-    @property
-    def draining(self) -> bool:
-        """True while a server-detected turn waits for the service's last answers and session.finished."""
-        return self.state is State.DRAINING or (self.state is State.RESPONDING and self._finish_sent)
 
     @property
     def deadline(self) -> float | None:
@@ -354,15 +349,26 @@ class ClientTurn:
             self._to_finishing()
 
     def _utterances(self) -> list[Utterance]:
-        """Server-detected turns: the n-th answer belongs to the n-th utterance the service committed."""
+        """Server-detected turns: every utterance the service told of, in order, with its answer.
+
+        No event ties a response to the utterance it answers, and the service answers in order: the n-th
+        answer belongs to the n-th utterance (first seen in speech_started, committed or its transcript).
+        An utterance left unanswered keeps an empty answer; answers past the known utterances (a service
+        that announced none) stand alone.
+        """
         if not self.server_turns:
             return []
         out = []
-        for index, (text, transcript) in enumerate(self._answers):
+        for index in range(max(len(self._item_order), len(self._answers))):
             item_id = self._item_order[index] if index < len(self._item_order) else ""
+            text, transcript = self._answers[index] if index < len(self._answers) else ("", "")
             start, end = self._speech.get(item_id, [None, None])
             out.append(Utterance(start, end, self._transcripts.get(item_id, ""), text or transcript))
         return out
+
+    def _note_utterance(self, item_id: str) -> None:
+        if item_id and item_id not in self._item_order:
+            self._item_order.append(item_id)
 
     def connection_lost(self, code: int | None = None, reason: str = "") -> None:
         """The connection ended. Clean while finishing; a :class:`ConnectionDropped` failure before."""
@@ -459,16 +465,16 @@ class ClientTurn:
             self._inputs = _input_events(self.request, commit=self._expect_commit)
         elif isinstance(event, InputAudioBufferCommitted):
             if self.server_turns:  # the service committed an utterance it detected
-                if state in (State.AWAIT_CREATED, State.AWAIT_UPDATED) or event.item_id in self._item_order:
+                if state in (State.AWAIT_CREATED, State.AWAIT_UPDATED):
                     raise self._illegal(event)
-                self._item_order.append(event.item_id)
-                self._committed = True
+                self._note_utterance(event.item_id)
             elif not self._commit_sent or self._committed or state is State.FINISHING:
                 raise self._illegal(event)
             self._committed = True
         elif isinstance(event, ConversationItemCreated):
             # the audio item after the commit, our own items, the model's output items
-            if not (self._committed or self.request.prompt) or state in (State.FINISHING, State.AWAIT_TRANSCRIPT):
+            opening = state in (State.AWAIT_CREATED, State.AWAIT_UPDATED)
+            if not self._committed or opening or state in (State.FINISHING, State.AWAIT_TRANSCRIPT):
                 raise self._illegal(event)
         elif isinstance(event, InputAudioTranscriptionCompleted | InputAudioTranscriptionFailed):
             self._on_transcription(event)
@@ -498,8 +504,8 @@ class ClientTurn:
             if state not in (State.FINISHING, State.DRAINING) or not self._finish_sent:
                 raise self._illegal(event)
             if self.server_turns and not self._answers:
-                # the service finished without one answer: nothing was detected as speech
-                self._fail(ProtocolError("session.finished without any response: no speech was detected"))
+                # the service finished without one answer: it heard no speech in the item's audio
+                self._fail(ItemError("the service detected no speech in the item's audio: nothing to translate"))
                 return
             self.state = State.CLOSED
         else:
@@ -521,10 +527,14 @@ class ClientTurn:
             # the response is whole; an error now does not undo it
             self.late_error = exc
             self._to_finishing()
+        elif self.server_turns and info.type == "invalid_request_error" and self.state is not State.AWAIT_UPDATED:
+            # the session stays usable (as the SDK assumes): the utterances go on being answered
+            self.late_error = exc
         else:
             self._fail(exc)
 
     def _on_speech(self, event: InputAudioBufferSpeechStarted | InputAudioBufferSpeechStopped) -> None:
+        self._note_utterance(event.item_id)
         times = self._speech.setdefault(event.item_id, [None, None])
         if isinstance(event, InputAudioBufferSpeechStarted):
             times[0] = event.audio_start_ms / 1000
@@ -533,8 +543,9 @@ class ClientTurn:
 
     def _on_transcription(self, event: InputAudioTranscriptionCompleted | InputAudioTranscriptionFailed) -> None:
         if self.server_turns:  # one source transcript per detected utterance
-            if event.item_id in self._transcripts or self.state is State.CLOSED:
+            if event.item_id in self._transcripts or self.state in (State.AWAIT_CREATED, State.AWAIT_UPDATED):
                 raise self._illegal(event)
+            self._note_utterance(event.item_id)
             if isinstance(event, InputAudioTranscriptionCompleted):
                 self._transcripts[event.item_id] = event.transcript
             else:
