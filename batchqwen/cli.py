@@ -427,6 +427,95 @@ def _estimate(manifest: Path, out: Path, options: dict[str, Any]) -> None:
 
 
 @main.command()
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=False)
+@click.option(
+    "--model", default=DEFAULT_MODEL, show_default=True, help="The model (with a manifest: for rows without one)."
+)
+@click.option(
+    "--region",
+    default=DEFAULT_REGION,
+    envvar="DASHSCOPE_REGION",
+    show_default=True,
+    show_envvar=True,
+    help=f"One of {', '.join(REGIONS)}.",
+)
+@click.option("--base-url", default=None, help="WebSocket URL of the service (overrides --region and --workspace).")
+@click.option(
+    "--api-key",
+    default=None,
+    envvar="DASHSCOPE_API_KEY",
+    show_envvar=True,
+    show_default=False,
+    help="API key (default: $DASHSCOPE_API_KEY). Never printed.",
+)
+@click.option(
+    "--workspace",
+    default=None,
+    envvar="DASHSCOPE_WORKSPACE",
+    show_envvar=True,
+    help="Workspace id: its own gateway, and the quota endpoint is read.",
+)
+@click.option("--simulate", is_flag=True, help="Check against the built-in simulator, started in-process.")
+@click.option(
+    "--timeout",
+    "timeout",
+    type=click.FloatRange(min=0.1, max=60),
+    default=3.0,
+    show_default=True,
+    help="Seconds for each step (connect, session.created, session.updated, the quota).",
+)
+def check(
+    manifest: Path | None,
+    model: str,
+    region: str,
+    base_url: str | None,
+    api_key: str | None,
+    workspace: str | None,
+    simulate: bool,
+    timeout: float,
+) -> None:
+    """Check that the service takes this key and the models of MANIFEST (or --model); nothing is billed.
+
+    One session per model: connect, session.created, session.update, session.updated, close, without
+    asking for a response and without sending any of the manifest's content. Prints per model the host,
+    the handshake time and what failed; and the quotas read (with --workspace or --base-url). For cron:
+    `batchqwen check && batchqwen run ...`.
+
+    Exit codes: 0 every model usable, 1 a model or the quota refused, 2 usage error, 3 the key refused
+    or arrears, 4 the service unreachable.
+    """
+    from batchqwen.check import CheckSettings, check_models, models_to_check
+
+    if not api_key and not simulate:
+        _fail("no API key: set DASHSCOPE_API_KEY (or pass --api-key), or use --simulate", EXIT_USAGE)
+    names = _call(models_to_check, model, manifest)
+    if simulate and base_url:
+        log.warning("--base-url is ignored with --simulate (the built-in simulator picks its own address)")
+
+    async def work() -> Any:
+        settings = CheckSettings(
+            base_url=base_url or _check_region(region),
+            api_key=api_key or "sk-simulator",
+            workspace=None if simulate else workspace,
+            connect_timeout=timeout,
+            event_timeout=timeout,
+        )
+        if not simulate:
+            return await check_models(names, settings)
+        from dataclasses import replace
+
+        from batchqwen.sim.server import Simulator, SimulatorConfig
+
+        async with Simulator(SimulatorConfig()) as sim:
+            return await check_models(names, replace(settings, base_url=sim.url))
+
+    report = _call(asyncio.run, work())
+    for line in report.lines():
+        click.echo(line)
+    sys.exit(report.exit_code)
+
+
+@main.command()
 @_manifest_arg
 @_shared_options
 def estimate(manifest: Path, out: Path | None, **options: Any) -> None:

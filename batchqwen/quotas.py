@@ -211,7 +211,7 @@ async def fetch_quotas(
     except httpx.TimeoutException:
         raise QuotaLookupFailed(f"{url} did not answer within {timeout:g} s") from None
     except httpx.HTTPError as exc:
-        raise QuotaLookupFailed(f"{url}: {_scrub(str(exc) or type(exc).__name__, api_key)}") from None
+        raise QuotaLookupFailed(f"cannot reach {url}: {_scrub(str(exc) or type(exc).__name__, api_key)}") from None
     return found
 
 
