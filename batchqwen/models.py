@@ -78,7 +78,10 @@ LIVETRANSLATE_35_LANGUAGES = Languages(
     speech_targets=_LT35_SPOKEN,
     source=LIVETRANSLATE_SOURCE,
 )
-LIVETRANSLATE_35_VOICES_SOURCE = "public copy of the LiveTranslate voice table (47 voices, default Tina)"
+LIVETRANSLATE_35_VOICES_SOURCE = (
+    "Model Studio LiveTranslate server events for qwen3.5 (default voice Cherry); a public copy of the voice"
+    " table lists 47 voices with Tina first: the full list is not published on the pages read"
+)
 QWEN_AUDIO_VOICES: tuple[str, ...] = ("longanqian", "longanlingxin", "longanlingxi", "longanxiaoxin", "longanlufeng")
 QWEN_AUDIO_VOICES_SOURCE = SOURCE_SDK + ": realtime_qwen_audio.py (longanqian); others from a public voice table"
 
@@ -263,8 +266,8 @@ REGISTRY: dict[str, ModelInfo] = {
             series="qwen3.5-livetranslate-flash",
             audio_tokens_per_second=12.5,
             image_block_px=32,
-            voices=("Tina",),
-            default_voice="Tina",
+            voices=("Cherry", "Tina"),
+            default_voice="Cherry",
             voices_source=LIVETRANSLATE_35_VOICES_SOURCE,
             voices_published=False,
             max_input_tokens=49_152,
@@ -281,8 +284,8 @@ REGISTRY: dict[str, ModelInfo] = {
             series="qwen3.8-livetranslate-flash",
             audio_tokens_per_second=12.5,
             image_block_px=32,
-            voices=("Tina",),
-            default_voice="Tina",
+            voices=("Cherry", "Tina"),
+            default_voice="Cherry",
             voices_source=LIVETRANSLATE_35_VOICES_SOURCE,
             voices_published=False,
             max_input_tokens=49_152,

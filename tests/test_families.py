@@ -5,6 +5,7 @@ the service error table."""
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -210,9 +211,102 @@ def test_livetranslate_v38_uses_output_modalities_speaker_detection_and_keeps_tr
     config = build_session_config(request(LT38, target_language="en", transcribe_input=False))
     assert "modalities" not in config and config["output_modalities"] == ["text", "audio"]
     assert config["audio"]["input"]["turn_detection"] == {"type": "speaker_detection"}
-    assert config["audio"]["output"]["voice"] == "Tina"
-    assert config["input_audio_transcription"] == {"model": "qwen3-asr-flash-realtime"}  # cannot be disabled
+    assert config["audio"]["output"]["voice"] == "Cherry"
+    assert "input_audio_transcription" not in config  # always on: nothing to say unless a source is known
     assert config["translation"] == {"language": "en"}
+    with_source = build_session_config(request(LT38, target_language="en", source_language="zh"))
+    assert with_source["input_audio_transcription"] == {"language": "zh"}
+
+
+class _Capture:
+    """A stand-in socket for the SDK's session: keeps what it sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, raw: str) -> None:
+        self.sent.append(json.loads(raw))
+
+    def settimeout(self, timeout: float | None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _sdk_session_update(model: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """The ``session`` object the official v2 SDK's ``update_session`` sends for these arguments."""
+    from dashscope import Client
+
+    capture = _Capture()
+    client = Client(api_key="sk-test", workspace="ws1")
+    session = client.audio.realtime.connect(
+        model=model, ws_url="ws://127.0.0.1:9/api-ws/v1/realtime", connector=lambda url, headers: capture
+    )
+    session.connect()
+    session.update_session(*args, **kwargs)
+    session.close()
+    update = capture.sent[-1]
+    assert update["type"] == "session.update"
+    return dict(update["session"])
+
+
+@pytest.mark.filterwarnings("ignore:dashscope 2.0 audio API is a preview:FutureWarning")
+def test_our_session_update_is_the_sdks_for_the_flows_of_its_examples() -> None:
+    # realtime_omni.py: Omni 3.8, nested audio config, no transcription, manual turns
+    sdk = _sdk_session_update(
+        "qwen3.8-omni-flash-realtime",
+        ["text", "audio"],
+        voice="longanlingxin",
+        input_audio_config={"type": "pcm", "sample_rate": 16000},
+        output_audio_config={"type": "pcm", "sample_rate": 24000},
+        enable_input_audio_transcription=False,
+        turn_detection=None,
+        instructions="Be brief.",
+    )
+    assert build_session_config(request(OMNI38, instructions="Be brief.", transcribe_input=False)) == sdk
+    # realtime_qwen_audio.py: flat, pcm names, manual turns (the example leaves transcription unset)
+    sdk = _sdk_session_update(
+        "qwen-audio-3.0-realtime-plus",
+        ["text", "audio"],
+        voice="longanqian",
+        input_audio_format="pcm",
+        output_audio_format="pcm",
+        enable_turn_detection=False,
+        instructions="Be brief.",
+    )
+    ours = build_session_config(request(QWEN_AUDIO, instructions="Be brief.", transcribe_input=False))
+    assert ours.pop("input_audio_transcription") is None  # said explicitly: off
+    assert ours == sdk
+    # realtime_translation.py: LiveTranslate 3.8 sends what it must; we add the defaults it relies on
+    sdk = _sdk_session_update(
+        "qwen3.8-livetranslate-flash-realtime",
+        output_modalities=["text", "audio"],
+        translation_params={"language": "en"},
+    )
+    ours = build_session_config(request(LT38, target_language="en"))
+    assert {key: ours[key] for key in sdk} == sdk
+    assert set(ours) - set(sdk) == {"audio"}  # formats, voice and speaker detection, in the SDK's nested form
+    # qwen3 LiveTranslate with transcription on, and the 2025 Omni shape
+    sdk = _sdk_session_update(
+        "qwen3-livetranslate-flash-realtime",
+        output_modalities=["text", "audio"],
+        voice="Cherry",
+        input_audio_format="pcm16",
+        output_audio_format="pcm24",
+        enable_input_audio_transcription=True,
+        translation_params={"language": "en"},
+    )
+    assert build_session_config(request(LT3, target_language="en")) == sdk
+    sdk = _sdk_session_update(
+        "qwen3-omni-flash-realtime",
+        ["text", "audio"],
+        voice="Cherry",
+        input_audio_transcription_model="gummy-realtime-v1",
+        enable_turn_detection=False,
+        instructions="Be brief.",
+    )
+    assert build_session_config(request(get_model("qwen3-omni-flash-realtime"), instructions="Be brief.")) == sdk
 
 
 def test_session_options_may_not_set_what_a_family_sets() -> None:

@@ -21,7 +21,7 @@ _ROWS = (
     ("omni_v38",          "manual", "finish_no_ack", "pcm",   "pcm",   "qwen3-asr-flash-realtime", True,   False,     False,       "modalities"),
     ("qwen_audio",        "manual", "close",         "pcm",   "pcm",   "",                         True,   False,     True,        "modalities"),
     ("livetranslate",     "server", "finish_ack",    "pcm16", "pcm24", "qwen3-asr-flash-realtime", True,   True,      True,        "modalities"),
-    ("livetranslate_v38", "server", "finish_ack",    "pcm",   "pcm",   "qwen3-asr-flash-realtime", False,  True,      True,        "output_modalities"),
+    ("livetranslate_v38", "server", "finish_ack",    "pcm",   "pcm",   "",                         False,  True,      True,        "output_modalities"),
 )  # fmt: skip
 _SESSION = {
     "omni": omni.session,
