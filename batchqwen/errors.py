@@ -12,11 +12,11 @@
     │   └── InvalidState           an illegal call on the protocol core, raised at once
     ├── RemoteError                something the service (or the network to it) did
     │   ├── ServerError            an ``error`` event: carries type, code, message, param
+    │   │   └── ModelUnavailable   the service has no such model for this key (its items fail, others go on)
     │   ├── HandshakeRejected      HTTP status at the WebSocket handshake (401/403/429/5xx)
     │   ├── ConnectionDropped      the connection closed or broke before the turn was done
     │   │   └── ConnectFailed      no connection at all: DNS, refused, TLS, a broken handshake
     │   └── TimedOut               connect / first event / idle / whole-session timeout
-    │   └── ModelUnavailable       the service has no such model for this key (its items fail, others go on)
     ├── BudgetExceeded             the cost cap would be passed (exit 3)
     ├── FatalRunError              an account-level refusal (bad key, arrears, no quota): the run stops (exit 3)
     ├── EnvironmentFailure         the environment failed, not the items (exit 4)
@@ -130,9 +130,10 @@ class HandshakeRejected(RemoteError):
 
     kind = "handshake"
 
-    def __init__(self, status: int, reason: str = ""):
+    def __init__(self, status: int, reason: str = "", *, code: str = ""):
         self.status = status
         self.reason = reason
+        self.code = code  # the service's error code, when the refusal's body carries one
         meaning = {
             401: "the API key was refused (401 Unauthorized)",
             403: "access forbidden for this key or model (403 Forbidden)",

@@ -235,13 +235,14 @@ def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
             pad_silence_seconds=s.pad_silence_seconds,
             target_language=s.target_language,
             source_language=s.source_language,
+            video_fps=s.video_fps,
         )
         model, model_name, modalities = plan.model, plan.model.name, plan.modalities
         validate_item(item)
         audio_seconds = probe_audio_seconds(item.audio) if item.audio is not None else 0.0
         sizes: list[tuple[int, int]] = []
         if item.video is not None:
-            video = probe_video(item.video, fps=s.video_fps, max_frames=s.max_video_frames)
+            video = probe_video(item.video, fps=plan.video_fps, max_frames=s.max_video_frames)
             sizes.extend([video.frame_size] * len(video.frame_times))
             if item.audio is None:  # an audio file, when given, is the sound; the video gives frames only
                 audio_seconds = video.audio_seconds

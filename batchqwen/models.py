@@ -115,6 +115,7 @@ class ModelInfo:
     text_input: bool = False  # conversation.item.create with input_text (qwen3.5-omni and later)
     instructions: bool = True  # takes session instructions (a prompt can travel there)
     images: bool = True  # takes input_image_buffer.append
+    max_images_per_second: float | None = None  # LiveTranslate: at most 2 images a second of audio
     #: answers the item's own speech: a row with no audio or video is refused, not padded with silence
     needs_item_audio: bool = False
     tools: bool = False  # function calling (qwen3.5-omni and later)
@@ -124,6 +125,9 @@ class ModelInfo:
     default_tpm: int = 100_000
     token_rules_confirmed: bool = True
     session_lifetime_seconds: float = 120 * 60  # Model Studio "Qwen-Omni-Realtime", updated 2026-03-31
+    #: how a session ends (``finish_ack``, ``finish_no_ack``, ``close``); None: the protocol family's way
+    session_end: str | None = None
+    session_end_source: str = ""
     snapshots: tuple[str, ...] = field(default=())
 
 
@@ -174,6 +178,10 @@ REGISTRY: dict[str, ModelInfo] = {
             text_input=True,
             tools=True,
             token_rules_confirmed=False,
+            # reported answered "invalid event type" (dashscope/dashscope-sdk-python #140, 2026-06); the v2 SDK
+            # still sends it, and the answer, whatever it is, comes after response.done: never the item's failure
+            session_end="finish_ack",
+            session_end_source="dashscope 2.0.2 v2 realtime.py end_session(); dashscope-sdk-python #140",
         ),
         ModelInfo(
             name="qwen3.5-omni-plus-realtime",
@@ -256,6 +264,7 @@ REGISTRY: dict[str, ModelInfo] = {
             context_tokens=53_248,
             instructions=False,
             needs_item_audio=True,
+            max_images_per_second=2.0,
             translation=LIVETRANSLATE_LANGUAGES,
             token_rules_confirmed=False,
             snapshots=("2025-09-22",),
@@ -275,6 +284,7 @@ REGISTRY: dict[str, ModelInfo] = {
             context_tokens=53_248,
             instructions=False,
             needs_item_audio=True,
+            max_images_per_second=2.0,
             translation=LIVETRANSLATE_35_LANGUAGES,
             token_rules_confirmed=False,
         ),
@@ -293,6 +303,7 @@ REGISTRY: dict[str, ModelInfo] = {
             context_tokens=53_248,
             instructions=False,
             needs_item_audio=True,
+            max_images_per_second=2.0,
             translation=LIVETRANSLATE_35_LANGUAGES,
             token_rules_confirmed=False,
         ),

@@ -31,6 +31,7 @@ class ItemPlan:
     pad_silence_seconds: float  # silence to send when the item has no audio (0: none needed)
     target_language: str | None = None  # translation models only
     source_language: str | None = None
+    video_fps: float = 1.0  # frames a second taken from the item's video
     notes: tuple[str, ...] = ()  # what planning decided that changes what is sent
 
 
@@ -69,6 +70,7 @@ def plan_item(
     pad_silence_seconds: float,
     target_language: str | None = None,
     source_language: str | None = None,
+    video_fps: float = 1.0,
 ) -> ItemPlan:
     """Per-row overrides over the run's defaults.
 
@@ -95,6 +97,11 @@ def plan_item(
     if not speaks and "audio" in chosen_modalities:
         chosen_modalities = TEXT_ONLY
         notes.append(f"{info.name} has no speech in {target!r}: translated as text only")
+    fps = video_fps
+    limit = info.max_images_per_second
+    if item.video and limit is not None and fps > limit:
+        fps = limit
+        notes.append(f"{info.name} takes at most {limit:g} images a second: video frames at {limit:g} fps")
     text = item.instructions or instructions
     prompt = item.prompt
     if not info.instructions:
@@ -111,4 +118,4 @@ def plan_item(
     # prompt and nothing to look at can do without
     needs_audio = not (info.text_input and prompt and not (item.images or item.video))
     pad = pad_silence_seconds if needs_audio else 0.0
-    return ItemPlan(info, chosen_voice, chosen_modalities, text, prompt, pad, target, source, tuple(notes))
+    return ItemPlan(info, chosen_voice, chosen_modalities, text, prompt, pad, target, source, fps, tuple(notes))

@@ -228,7 +228,7 @@ def error_fields(exc: BaseException, *, secrets: Iterable[str] = ()) -> dict[str
         code = exc.code or exc.error_type or None
         message = exc.message + (f" (param {exc.param})" if exc.param else "")
     elif isinstance(exc, HandshakeRejected):
-        code = str(exc.status)
+        code = exc.code or str(exc.status)
     message = redact(message, secrets)
     if len(message) > MAX_ERROR_MESSAGE:
         message = message[: MAX_ERROR_MESSAGE - 1] + "…"

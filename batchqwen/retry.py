@@ -75,7 +75,7 @@ def is_connection_failure(exc: BaseException) -> bool:
 
 def model_unavailable(exc: BaseException) -> bool:
     """True when the service says this key cannot use the item's model (``Model.NotExist``, unpurchased)."""
-    return isinstance(exc, ServerError) and exc.code in MODEL_UNAVAILABLE_CODES
+    return isinstance(exc, ServerError | HandshakeRejected) and exc.code in MODEL_UNAVAILABLE_CODES
 
 
 def _classify_server_error(exc: ServerError) -> Kind:
@@ -101,6 +101,9 @@ def classify(exc: BaseException) -> Kind:
     if isinstance(exc, ServerError):
         return _classify_server_error(exc)
     if isinstance(exc, HandshakeRejected):
+        if exc.code:  # a refusal that names its code is classified by the code, as an error event would be
+            as_event = ServerError(exc.reason, error_type="invalid_request_error", code=exc.code)
+            return _classify_server_error(as_event)
         if exc.status in (401, 403):
             return "fatal"
         if exc.status == 429 or 500 <= exc.status <= 599:

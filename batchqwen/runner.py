@@ -161,6 +161,7 @@ async def process_item(
             pad_silence_seconds=config.pad_silence_seconds,
             target_language=config.translate_to,
             source_language=config.source_language,
+            video_fps=config.video_fps,
         )
     except (ItemError, UsageError) as exc:
         return results.failed_row(item, exc, attempts=0, secrets=secrets, started_at=started, finished_at=_now())
@@ -173,7 +174,7 @@ async def process_item(
     }
     try:
         prepare = functools.partial(
-            media.prepare_item, item, video_fps=config.video_fps, pad_silence_seconds=plan.pad_silence_seconds
+            media.prepare_item, item, video_fps=plan.video_fps, pad_silence_seconds=plan.pad_silence_seconds
         )
         prepared = await asyncio.get_running_loop().run_in_executor(decoder, prepare)
     except ItemError as exc:

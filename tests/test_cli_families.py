@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from media_factory import write_audio
 
 from batchqwen.cli import main
+from batchqwen.models import get_model
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "jobs" / "demo" / "manifest.csv"
@@ -154,7 +155,7 @@ def test_the_demo_on_each_family(tmp_path: Path, model: str, expected_failures: 
             assert any("takes no instructions" in note for note in row["notes"])  # type: ignore[attr-defined]
         assert row["output_transcript"]
         with wave.open(str(out / str(row["output_wav"]))) as wav:
-            assert wav.getframerate() == 24_000  # the family's output rate
+            assert wav.getframerate() == get_model(model).output_sample_rate  # the model's output rate
             assert wav.getnframes() > 0
 
 
@@ -185,4 +186,4 @@ def test_a_translation_job_gives_several_utterances_per_recording(tmp_path: Path
         assert row["target_language"] == ("ja" if item_id == "review" else "en")
         assert row["input_transcript"] and row["output_transcript"]
         with wave.open(str(out / str(row["output_wav"]))) as wav:
-            assert wav.getframerate() == 24_000 and wav.getnframes() > 0
+            assert wav.getframerate() == get_model(model).output_sample_rate and wav.getnframes() > 0

@@ -15,6 +15,7 @@ from batchqwen.errors import (
     MODEL_UNAVAILABLE_CODES,
     SERVICE_ERROR_CLASSES,
     ConnectionDropped,
+    HandshakeRejected,
     ItemError,
     ProtocolError,
     ServerError,
@@ -621,3 +622,33 @@ def test_service_codes_classify_as_the_table_says(code: str, error_type: str, ki
     exc = ServerError("x", error_type=error_type, code=code)
     assert classify(exc) == kind
     assert model_unavailable(exc) == (code in MODEL_UNAVAILABLE_CODES)
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "unavailable"),
+    [
+        (HandshakeRejected(403, '{"code":"Model.NotExist"}', code="Model.NotExist"), "permanent", True),
+        (HandshakeRejected(403, "", code="AccessDenied.Unpurchased"), "permanent", True),
+        (HandshakeRejected(401, "", code="InvalidApiKey"), "fatal", False),
+        (HandshakeRejected(429, "", code="Throttling.RateQuota"), "retryable", False),
+        (HandshakeRejected(403), "fatal", False),  # no code: a 403 is the key's, as before
+    ],
+)
+def test_a_handshake_refusal_with_a_code_is_classified_by_its_code(exc: Any, kind: str, unavailable: bool) -> None:
+    assert classify(exc) == kind
+    assert model_unavailable(exc) is unavailable
+
+
+def test_the_code_of_a_json_refusal_body_is_read() -> None:
+    from batchqwen.realtime.client import _error_code
+
+    assert _error_code('{"code": "Model.NotExist", "message": "no"}') == "Model.NotExist"
+    assert _error_code('{"error": {"code": "InvalidApiKey"}}') == "InvalidApiKey"
+    assert _error_code("Forbidden") == "" and _error_code("[1]") == "" and _error_code('{"code": 5}') == ""
+
+
+def test_livetranslate_video_frames_are_capped_at_two_a_second_with_a_note() -> None:
+    video = Item(id="v", row=1, video=_path("v.mp4"))
+    plan = plan_item(video, **_defaults("qwen3-livetranslate-flash-realtime"), video_fps=10.0)
+    assert plan.video_fps == 2.0 and any("at most 2 images a second" in note for note in plan.notes)
+    assert plan_item(video, **_defaults(), video_fps=10.0).video_fps == 10.0  # other models: as asked

@@ -398,3 +398,25 @@ def test_omni_keeps_session_finished() -> None:
     server, _ = opened(OMNI)
     assert [e.type for e in server.receive(ev.SessionFinish())] == ["session.finished"]
     assert server.should_close
+
+
+def test_livetranslate_refuses_more_than_two_images_a_second_of_audio() -> None:
+    import base64 as b64
+    import io as _io
+
+    from PIL import Image as _Image
+
+    from batchqwen.realtime import events as _ev
+    from batchqwen.sim.core import ServerSession as _Session
+
+    buffer = _io.BytesIO()
+    _Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, "JPEG")
+    jpeg = b64.b64encode(buffer.getvalue()).decode()
+    server = _Session("qwen3-livetranslate-flash-realtime")
+    server.opening_events()
+    server.receive(_ev.SessionUpdate(session={"translation": {"language": "en"}}))
+    server.receive(_ev.InputAudioBufferAppend(audio=b64.b64encode(b"\0\0" * 16_000).decode()))  # 1 s
+    answers = [server.receive(_ev.InputImageBufferAppend(image=jpeg)) for _ in range(4)]
+    assert answers[:3] == [[], [], []]  # 2 a second, the fence post counted
+    (error,) = answers[3]
+    assert isinstance(error, _ev.Error) and "at most 2 per second" in error.info.message

@@ -116,6 +116,19 @@ def _scrub(text: str, settings: ClientSettings) -> str:
     return text.replace(settings.api_key, "<api key>") if settings.api_key else text
 
 
+def _error_code(body: str) -> str:
+    """The ``code`` of a JSON refusal body (``{"code": ...}`` or ``{"error": {"code": ...}}``), or ""."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return ""
+    if not isinstance(data, dict):
+        return ""
+    nested = data.get("error")
+    code = nested.get("code") if isinstance(nested, dict) else data.get("code")
+    return code if isinstance(code, str) else ""
+
+
 async def _open(url: str, settings: ClientSettings) -> ClientConnection:
     try:
         return await connect(
@@ -133,7 +146,9 @@ async def _open(url: str, settings: ClientSettings) -> ClientConnection:
     except InvalidStatus as exc:
         response = exc.response
         body = response.body.decode("utf-8", "replace").strip()[:200] if response.body else ""
-        raise HandshakeRejected(response.status_code, _scrub(body or response.reason_phrase, settings)) from None
+        code = _error_code(body)
+        reason = _scrub(body or response.reason_phrase, settings)
+        raise HandshakeRejected(response.status_code, reason, code=code) from None
     except InvalidURI as exc:
         raise UsageError(f"invalid realtime URL: {_scrub(str(exc), settings)}") from None
     except InvalidHandshake as exc:

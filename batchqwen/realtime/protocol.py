@@ -221,6 +221,7 @@ class ClientTurn:
             raise UsageError(f"{request.model.name} takes no text input: fold the prompt into instructions")
         self.family = get_family(request.model.protocol)
         self.server_turns = self.family.turn == "server"
+        self.session_end = request.model.session_end or self.family.end  # a per-model fact, the family's by default
         has_media = bool(request.media.pcm16 or request.media.images)
         if self.server_turns and not request.media.pcm16:
             raise ItemError(f"{request.model.name} answers speech: the item has no audio")
@@ -307,7 +308,7 @@ class ClientTurn:
             return self._hand_out(self._queue.pop(0))
         if self.state is State.FINISHING and not self._finish_sent:
             self._finish_sent = True
-            if self.family.end == "finish_no_ack":
+            if self.session_end == "finish_no_ack":
                 self.state = State.CLOSED  # no session.finished follows: the close is the normal end
             return Outgoing(SessionFinish(), self._at)
         return None
@@ -440,7 +441,7 @@ class ClientTurn:
 
     def _to_finishing(self) -> None:
         # Qwen-Audio defines no session.finish: the turn is whole, the client just closes
-        self.state = State.CLOSED if self.family.end == "close" else State.FINISHING
+        self.state = State.CLOSED if self.session_end == "close" else State.FINISHING
         self._deadline = None
 
     def _illegal(self, event: Event) -> ProtocolError:

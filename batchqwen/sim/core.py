@@ -97,6 +97,7 @@ class ServerSession:
         self._speech_item = ""  # its item id, from speech_started on
         self._images: list[ImageInfo] = []  # uncommitted images
         self._audio_seen = False
+        self._images_received = 0  # for the images-per-second limit (LiveTranslate)
         self._history: list[UserItem] = []  # billed context
         self._pending: list[UserItem] = []  # items the next response answers
         self._calls: dict[str, str] = {}  # call_id -> tool name, of function calls made
@@ -249,10 +250,18 @@ class ServerSession:
             jpeg = base64.b64decode(image_b64, validate=True)
             if raw_limit is not None and len(jpeg) > raw_limit:
                 raise Rejected(f"Image too large: {len(jpeg)} bytes > {raw_limit}.", param="image")
-            self._images.append(probe_jpeg(jpeg))
+            probed = probe_jpeg(jpeg)
         except (binascii.Error, ValueError) as exc:
             message = str(exc) if isinstance(exc, NotJpeg) else "Image is not a decodable JPEG."
             raise Rejected(message, param="image") from None
+        rate = self.model.max_images_per_second
+        if rate is not None:
+            # at most `rate` images a second of the audio received so far (the fence post counted)
+            heard = (self._buffer_start + len(self._buffer)) / (INPUT_BYTES_PER_MS * 1000)
+            if self._images_received + 1 > rate * heard + 1:
+                raise Rejected(f"Too many images: at most {rate:g} per second of audio.", param="image")
+        self._images_received += 1
+        self._images.append(probed)
         return []
 
     def _commit_manual(self) -> list[ev.Event]:

@@ -72,8 +72,10 @@ def apply_update(
         new["modalities"] = ["text"] if mods == ["text"] else ["text", "audio"]
     voice = update.get("voice")
     if voice is not None:
-        # where the list is published only its voices are taken; elsewhere any non-empty name
-        unknown = voice not in model.voices if model.voices_published else not (isinstance(voice, str) and voice)
+        # where the list is published only its voices are taken (and, where the model takes cloned voices,
+        # any id: an enrolled voice is not in the list); elsewhere any non-empty name
+        open_list = not model.voices_published or model.cloned_voices
+        unknown = not (isinstance(voice, str) and voice) if open_list else voice not in model.voices
         if unknown:
             raise Rejected(
                 f"Invalid voice {voice!r} for {model_name}; supported: {', '.join(model.voices)}.",
