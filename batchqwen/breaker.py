@@ -55,7 +55,7 @@ class Breaker:
         *,
         threshold: int = 3,
         base_delay: float = 1.0,
-        max_delay: float = 30.0,
+        max_delay: float = 3.0,  # a probe costs nothing when refused; the run resumes soon after the service
         max_outage: float = 600.0,
         log_every: float = 30.0,
         on_event: EventSink | None = None,
@@ -148,9 +148,12 @@ class Breaker:
                 log.warning("service still unreachable after %.0f s (host %s): %s", elapsed, host, error)
             self._notify()
 
-    def success(self) -> None:
-        """A session got through to the service: the outage, if any, is over."""
+    def success(self, *, probe: bool = False) -> None:
+        """A session got through to the service. While the breaker is open only the probe's word counts:
+        a session that connected before the outage began says nothing about now."""
         now = self._clock()
+        if self.state is not BreakerState.CLOSED and not probe:
+            return
         if self.state is not BreakerState.CLOSED and self.gave_up is None:
             length = now - (self._outage_since or now)
             self.outage_seconds += length

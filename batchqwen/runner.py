@@ -228,7 +228,7 @@ async def process_item(
             failure = exc
         else:
             if breaker is not None:
-                breaker.success()
+                breaker.success(probe=probe)
             break
         finally:
             if probe and breaker is not None:
@@ -248,7 +248,7 @@ async def process_item(
                     await asyncio.sleep(next(delays))
                 continue
         elif breaker is not None:
-            breaker.success()  # the service answered, even if with a refusal
+            breaker.success(probe=probe)  # the service answered, even if with a refusal
         usage_seen = getattr(failure, "usage", None)  # a failed attempt's usage, when the client knows it
         spent = usage_seen.total_tokens if isinstance(usage_seen, Usage) else None
         if spent is not None:
@@ -630,7 +630,13 @@ async def _run_locked(
             margin=window_margin,
             ramp_seconds=0.0 if config.simulate else RUN_RAMP_SECONDS,  # the service's burst limit
         )
-        breaker = Breaker(max_outage=config.max_outage, on_event=run_events)
+
+        def on_breaker(event: str, fields: dict[str, Any]) -> None:
+            run_events(event, fields)
+            if event == "breaker_close":
+                limiter.ramp_up()  # after an outage, not every worker at once: the burst limit
+
+        breaker = Breaker(max_outage=config.max_outage, on_event=on_breaker)
         items = _pending_items(manifest.iter_items(config.manifest, limit=config.limit), done, progress, counters)
         in_flight: set[asyncio.Task[results.ResultRow]] = set()
         stopping = asyncio.Event()

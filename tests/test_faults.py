@@ -69,6 +69,7 @@ def test_500_items_through_faults_and_throttling(tmp_path: Path) -> None:
         disconnect_rate=0.10,
         server_error_rate=0.05,
         hang_rate=0.02,
+        malformed_rate=0.02,  # a broken frame is the server's fault: retried like a drop (the outages issue)
         rpm=60,
         seed=7,
         window_seconds=2.0,  # 30 sessions a second: slower than the client, so the quota bites
@@ -104,6 +105,7 @@ def test_500_items_through_faults_and_throttling(tmp_path: Path) -> None:
     assert stats.faults.get("disconnect", 0) > 20
     assert stats.faults.get("server_error", 0) > 10
     assert stats.faults.get("hang", 0) > 2
+    assert stats.faults.get("malformed", 0) > 2
     assert stats.faults.get("throttle", 0) > 0 and stats.handshakes_refused.get(429, 0) > 0
     assert outcome.summary["throttle_cooldowns"] > 0
     assert sum(row["attempts"] for row in rows) > 500
