@@ -89,6 +89,19 @@ def _modalities(value: str | None) -> tuple[str, ...] | None:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+def _decode_processes(value: str | int | None) -> int | None:
+    """``auto`` (None: the runner decides from the manifest and the cores) or a number of processes."""
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not 'auto' or a number") from None
+    if not 0 <= number <= 64:
+        raise click.BadParameter(f"{number} is not in 0..64")
+    return number
+
+
 def _check_region(region: str) -> str:
     name = normalize_region(region)
     if name not in REGIONS:
@@ -223,10 +236,12 @@ def _default_out(manifest: Path) -> Path:
 )
 @click.option(
     "--decode-processes",
-    type=click.IntRange(0, 64),
-    default=0,
+    default="auto",
     show_default=True,
-    help="Decode media in N worker processes (0: a thread). Helps runs of compressed audio at high concurrency.",
+    metavar="auto|N",
+    callback=lambda ctx, param, value: _decode_processes(value),
+    help="Decode media in N worker processes (0: threads of the main process); auto: processes for a large"
+    " manifest of compressed media, none for a small or WAV-only one.",
 )
 @click.option(
     "--chunk-ms",

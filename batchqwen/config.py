@@ -37,7 +37,7 @@ class RunConfig:
     prices: Path | None = None
     # media
     video_fps: float = 1.0
-    decode_processes: int = 0  # 0: decode in a thread of the main process; N: in N worker processes
+    decode_processes: int | None = None  # None: auto (runner.decode_processes_for); 0: threads; N: N processes
     pad_silence_seconds: float = 1.0
     transcribe_input: bool = True
     pace: float = 0.0  # 0: stream as fast as the socket takes it; 1.0: real time

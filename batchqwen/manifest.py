@@ -68,6 +68,8 @@ class ManifestSummary:
     missing_file_examples: list[tuple[int, Path]] = field(default_factory=list)  # first few (row, path)
     rows_without_input: list[int] = field(default_factory=list)  # first few row numbers
     rows_without_input_count: int = 0
+    #: rows naming a video, an image or audio other than WAV: what decoding in worker processes repays
+    rows_with_compressed_media: int = 0
 
 
 # ----------------------------------------------------------------------------- reading raw rows
@@ -473,6 +475,7 @@ def check_manifest(path: Path) -> ManifestSummary:
     missing_examples: list[tuple[int, Path]] = []
     no_input: list[int] = []
     no_input_count = 0
+    compressed = 0
     base = path.absolute().parent
     for number, raw in _iter_raw(path, fmt):
         if fmt == "jsonl" or not seen_columns:
@@ -487,6 +490,8 @@ def check_manifest(path: Path) -> ManifestSummary:
             no_input_count += 1
             if len(no_input) < MAX_LISTED:
                 no_input.append(number)
+        if item.video or item.images or (item.audio and item.audio.suffix.lower() != ".wav"):
+            compressed += 1
         missing = missing_files(item)
         if missing:
             missing_count += 1
@@ -517,4 +522,5 @@ def check_manifest(path: Path) -> ManifestSummary:
         missing_file_examples=missing_examples,
         rows_without_input=no_input,
         rows_without_input_count=no_input_count,
+        rows_with_compressed_media=compressed,
     )

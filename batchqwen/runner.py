@@ -14,10 +14,11 @@ import functools
 import json
 import logging
 import multiprocessing
+import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -127,6 +128,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class ReadyItem:
+    """An item planned and decoded, waiting for its session."""
+
+    item: Item
+    plan: ItemPlan
+    media: PreparedInput
+
+
 async def process_item(
     item: Item,
     ctx: ItemContext,
@@ -137,7 +147,7 @@ async def process_item(
     breaker: Breaker | None = None,
     run_events: EventSink | None = None,
 ) -> results.ResultRow:
-    """Prepare, stream and collect one item; return its result row.
+    """Prepare, stream and collect one item; return its result row (:func:`prepare` then :func:`session`).
 
     Decoding runs in ``decoder`` (a process pool spreads it over the cores) or, by default, in a thread.
     ``breaker`` (shared by the run's workers) takes the connection-level failures, which are never
@@ -147,6 +157,14 @@ async def process_item(
     Raises FatalRunError for account-level errors, BudgetExceeded when the cap stops new sessions,
     ServiceUnreachable when the breaker gives up, OutputUnwritable when the WAV cannot be stored.
     """
+    ready = await prepare(item, ctx, decoder=decoder)
+    if isinstance(ready, results.ResultRow):
+        return ready
+    return await session(ready, ctx, limiter, event_log=event_log, breaker=breaker, run_events=run_events)
+
+
+async def prepare(item: Item, ctx: ItemContext, *, decoder: Executor | None = None) -> ReadyItem | results.ResultRow:
+    """Plan and decode one item (no connection); a row the model cannot take or bad media is a failed row."""
     config = ctx.config
     secrets = [config.api_key] if config.api_key else []
     started = _now()
@@ -173,15 +191,38 @@ async def process_item(
         "notes": list(plan.notes),
     }
     try:
-        prepare = functools.partial(
+        decode = functools.partial(
             media.prepare_item, item, video_fps=plan.video_fps, pad_silence_seconds=plan.pad_silence_seconds
         )
-        prepared = await asyncio.get_running_loop().run_in_executor(decoder, prepare)
+        prepared = await asyncio.get_running_loop().run_in_executor(decoder, decode)
     except ItemError as exc:
         return results.failed_row(
             item, exc, attempts=0, secrets=secrets, started_at=started, finished_at=_now(), **chosen
         )
+    return ReadyItem(item, plan, prepared)
 
+
+async def session(
+    ready: ReadyItem,
+    ctx: ItemContext,
+    limiter: Limiter,
+    *,
+    event_log: Callable[[str, str, dict[str, Any]], None] | None = None,
+    breaker: Breaker | None = None,
+    run_events: EventSink | None = None,
+) -> results.ResultRow:
+    """Stream one prepared item through a session (with retries) and collect its result row."""
+    config = ctx.config
+    secrets = [config.api_key] if config.api_key else []
+    started = _now()
+    item, plan, prepared = ready.item, ready.plan, ready.media
+    chosen = {
+        "model": plan.model.name,
+        "voice": plan.voice,
+        "modalities": ",".join(plan.modalities),
+        "target_language": plan.target_language,
+        "notes": [*plan.notes, *getattr(prepared, "notes", ())],
+    }
     estimate, est_cost = estimate_for(plan, prepared, ctx)
     price = ctx.prices.lookup(plan.model.name, config.resolved_region)
     known: dict[str, Any] = {
@@ -490,6 +531,28 @@ def _pending_items(
         yield item
 
 
+PREPARE_AHEAD = 4  # items prepared beyond the concurrency window
+PREPARERS_PER_CORE = 2  # preparations in flight per core: one decoding, one being handed over
+AUTO_PROCESSES_MIN_ITEMS = 64  # a process pool costs about a second to start: worth it from here on
+
+
+async def _already(row: results.ResultRow) -> results.ResultRow:
+    return row
+
+
+def decode_processes_for(config: RunConfig, checked: manifest.ManifestSummary) -> int:
+    """``--decode-processes``, or with ``auto`` (None): worker processes when the manifest holds enough
+    compressed media (video, images, audio other than WAV) to repay starting them, one per core but one
+    (the event loop keeps a core of its own), at least one; none for a small or WAV-only job."""
+    if config.decode_processes is not None:
+        return config.decode_processes
+    cores = os.cpu_count() or 1
+    rows = checked.rows if config.limit is None else min(checked.rows, config.limit)
+    if cores < 2 or rows < AUTO_PROCESSES_MIN_ITEMS or checked.rows_with_compressed_media * 2 < checked.rows:
+        return 0
+    return max(1, cores - 1)
+
+
 def _decoder_pool(processes: int) -> ProcessPoolExecutor | None:
     """Worker processes for decoding, or None for the default thread: a thread shares the GIL with the
     event loop, so on a busy run decoding and sessions take turns on one core."""
@@ -649,6 +712,7 @@ async def _run_locked(
             stopping.set()
             limiter.close()  # waiting and retrying items start no session from now on
             breaker.close()
+            release_workers()
 
         def output_failed(exc: OutputUnwritable) -> None:
             if not stopping.is_set():
@@ -675,18 +739,53 @@ async def _run_locked(
         # model name -> why the service refused it (Model.NotExist, unpurchased): its other items fail at once
         unavailable: dict[str, ServerError] = {}
 
+        # Preparation runs ahead of the sessions: a few preparers plan and decode items (in the decoder
+        # pool) into a bounded queue, from which the workers take what is ready; so a session never waits
+        # on its own decoding while a core is idle, and memory stays flat (at most the queue is ahead).
+        # None in the queue tells a worker that nothing more will come.
+        ahead: asyncio.Queue[ReadyItem | results.ResultRow | None] = asyncio.Queue(
+            maxsize=config.concurrency + PREPARE_AHEAD
+        )
+        preparers_left = [0]
+        preparers: list[asyncio.Task[None]] = []
+
+        async def preparer() -> None:
+            try:
+                while not stopping.is_set():
+                    item = next(items, None)
+                    if item is None:
+                        return
+                    await ahead.put(await prepare(item, ctx, decoder=decoder))
+            finally:
+                preparers_left[0] -= 1
+                if preparers_left[0] == 0 and not stopping.is_set():
+                    for _ in range(config.concurrency):
+                        await ahead.put(None)
+
+        def release_workers() -> None:
+            """The run stops: what is prepared and not run stays pending; every waiting worker wakes."""
+            for task in preparers:
+                task.cancel()
+            while not ahead.empty():
+                ahead.get_nowait()
+            with contextlib.suppress(asyncio.QueueFull):
+                for _ in range(config.concurrency):
+                    ahead.put_nowait(None)
+
         async def worker() -> None:
             while not stopping.is_set():
-                item = next(items, None)
-                if item is None:
+                ready = await ahead.get()
+                if ready is None or stopping.is_set():
                     return
-                model_name = (item.model or config.model).strip()
-                work = process_item(
-                    item, ctx, limiter, event_log=event_log, decoder=decoder, breaker=breaker, run_events=run_events
-                )
-                if model_name in unavailable:
-                    work.close()
-                    work = _unavailable_row(item, model_name, unavailable[model_name], secrets)
+                item = ready.item if isinstance(ready, ReadyItem) else None
+                model_name = (item.model or config.model).strip() if item is not None else ""
+                work: Coroutine[Any, Any, results.ResultRow]
+                if isinstance(ready, results.ResultRow):
+                    work = _already(ready)  # refused before any session: a row as it is
+                elif model_name in unavailable:
+                    work = _unavailable_row(ready.item, model_name, unavailable[model_name], secrets)
+                else:
+                    work = session(ready, ctx, limiter, event_log=event_log, breaker=breaker, run_events=run_events)
                 task = asyncio.create_task(work)
                 in_flight.add(task)
                 try:
@@ -737,7 +836,11 @@ async def _run_locked(
                 progress.update(record)
 
         event_log = EventLog(config.log_events, secrets) if config.log_events else None
-        decoder = _decoder_pool(config.decode_processes)
+        processes = decode_processes_for(config, checked)
+        decoder = _decoder_pool(processes)
+        preparer_count = max(PREPARERS_PER_CORE * (os.cpu_count() or 1), 2 * processes)
+        preparers_left[0] = preparer_count
+        preparers.extend(asyncio.create_task(preparer()) for _ in range(preparer_count))
         workers = [asyncio.create_task(worker()) for _ in range(config.concurrency)]
         last_checkpoint = time.monotonic()
         try:
@@ -758,11 +861,11 @@ async def _run_locked(
         finally:
             # normally all finished; after an unexpected error in one worker, stop the others before the
             # journal closes under them
-            for worker_task in workers:
+            for worker_task in [*workers, *preparers]:
                 worker_task.cancel()
             for task in in_flight:
                 task.cancel()
-            await asyncio.gather(*workers, *in_flight, return_exceptions=True)
+            await asyncio.gather(*workers, *preparers, *in_flight, return_exceptions=True)
             remove_handlers()
             if decoder is not None:
                 decoder.shutdown(wait=False, cancel_futures=True)

@@ -199,3 +199,58 @@ def test_an_unpurchased_model_fails_its_own_items_and_the_other_models_go_on(tmp
         if index > 1:
             assert row["error_type"] == "model_unavailable"
             assert "qwen3.5-omni-plus-realtime is not available to this key" in row["error_message"]
+
+
+def test_decode_processes_auto_picks_processes_for_a_large_compressed_manifest_and_none_for_a_small_wav_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batchqwen import manifest as manifest_module
+
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 4)
+    small = make_manifest(tmp_path / "wav", 3)
+    checked = manifest_module.check_manifest(small)
+    assert checked.rows_with_compressed_media == 0
+    assert runner.decode_processes_for(config_for(small, tmp_path / "o", "ws://x"), checked) == 0
+    big = tmp_path / "mp3" / "manifest.csv"
+    big.parent.mkdir()
+    write_audio(big.parent / "a.mp3", seconds=0.2, seed=1)
+    big.write_text("id,audio\n" + "".join(f"i{n},a.mp3\n" for n in range(200)), encoding="utf-8")
+    checked = manifest_module.check_manifest(big)
+    assert checked.rows_with_compressed_media == 200
+    assert runner.decode_processes_for(config_for(big, tmp_path / "o", "ws://x"), checked) == 3  # a core kept
+    limited = config_for(big, tmp_path / "o", "ws://x", limit=10)  # only 10 will run: not worth a pool
+    assert runner.decode_processes_for(limited, checked) == 0
+    given = config_for(big, tmp_path / "o", "ws://x", decode_processes=0)
+    assert runner.decode_processes_for(given, checked) == 0  # a number given is kept
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 1)
+    assert runner.decode_processes_for(config_for(big, tmp_path / "o", "ws://x"), checked) == 0
+
+
+def test_preparation_runs_ahead_but_never_more_than_the_window(tmp_path: Path) -> None:
+    """Items are prepared ahead of their sessions, at most the queue plus one per preparer ahead."""
+    source = make_manifest(tmp_path / "in", 40)
+    prepared: list[str] = []
+    started: list[str] = []
+    ahead_most = [0]
+    original_prepare, original_session = runner.prepare, runner.session
+
+    async def counting_prepare(item, ctx, *, decoder=None):  # type: ignore[no-untyped-def]
+        ready = await original_prepare(item, ctx, decoder=decoder)
+        prepared.append(item.id)
+        ahead_most[0] = max(ahead_most[0], len(prepared) - len(started))
+        return ready
+
+    async def counting_session(ready, *args, **kwargs):  # type: ignore[no-untyped-def]
+        started.append(ready.item.id)
+        return await original_session(ready, *args, **kwargs)
+
+    runner.prepare, runner.session = counting_prepare, counting_session  # type: ignore[assignment]
+    try:
+        outcome = run_with(SimulatorConfig(latency_seconds=0.05), source, tmp_path / "out", concurrency=2)
+    finally:
+        runner.prepare, runner.session = original_prepare, original_session  # type: ignore[assignment]
+    assert outcome.exit_code == runner.EXIT_OK
+    assert sorted(prepared) == sorted(started) == sorted(f"i{n}" for n in range(40))  # each once
+    preparers = max(runner.PREPARERS_PER_CORE * (runner.os.cpu_count() or 1), 0)
+    window = 2 + runner.PREPARE_AHEAD + preparers
+    assert 2 < ahead_most[0] <= window  # ahead of the sessions, never unbounded
