@@ -9,6 +9,8 @@ deterministic. Other test modules import these, so the signatures are kept stabl
 - :func:`write_image` - PNG / JPEG / anything Pillow writes, optional alpha and EXIF orientation
 - :func:`write_cmyk_jpeg`, :func:`write_png16`, :func:`write_huge_png_header`
 - :func:`write_video` - MP4 (H.264 + AAC) with moving shapes and optional speech-like audio
+- :func:`write_camera_video` - camera-like MP4: panning detailed scene, sensor noise, a fixed key-frame
+  interval, a chosen bit rate
 - :func:`write_text`, :func:`write_truncated`
 """
 
@@ -218,4 +220,76 @@ def write_truncated(source: Path, path: Path, *, keep_fraction: float = 0.5) -> 
     """A copy of ``source`` cut after ``keep_fraction`` of its bytes."""
     data = source.read_bytes()
     path.write_bytes(data[: max(1, int(len(data) * keep_fraction))])
+    return path
+
+
+def write_camera_video(
+    path: Path,
+    *,
+    seconds: float = 6.0,
+    fps: int = 30,
+    size: tuple[int, int] = (320, 180),
+    keyframe_seconds: float = 2.0,
+    bit_rate: int | None = None,
+    noise: float = 2.0,
+    texture: float = 5.0,
+    audio: bool = True,
+    preset: str = "ultrafast",
+    seed: int = 0,
+) -> Path:
+    """An MP4 shaped like a camera's: a slowly panning scene with fine detail (``texture``: its standard
+    deviation in 8-bit levels), a moving object and sensor noise that changes every frame (``noise``,
+    likewise; ~2 a clean camera, ~8 a dim room), H.264
+    with a key frame exactly every ``keyframe_seconds`` (fixed GOP, no scene-cut key frames, as camera
+    encoders do), at ``bit_rate`` bits/s when given (else x264's default CRF), and a speech-like AAC track
+    when ``audio``. Frame k has pts k/fps exactly; key frames sit at multiples of ``keyframe_seconds``."""
+    width, height = size
+    gop = max(1, round(keyframe_seconds * fps))
+    frame_count = round(seconds * fps)
+    rng = np.random.default_rng(seed)
+    pan = max(8, width // 4)
+    scene = np.asarray(_drawing(width + pan, height + pan, seed=seed)).astype(np.int16)
+    # fine texture (foliage, fabric): what makes real footage cost bits and JPEG bytes
+    if texture > 0:
+        scene += rng.normal(0, texture, (height + pan, width + pan, 1)).astype(np.int16)
+    grain = rng.normal(0, noise, (height + 16, width + 16, 3)).astype(np.int16) if noise > 0 else None
+    options = {"preset": preset, "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
+    if bit_rate is None:
+        options["crf"] = "28"
+    else:
+        options.update(maxrate=str(bit_rate), bufsize=str(2 * bit_rate))
+    with av.open(str(path), mode="w", format="mp4") as container:
+        video = container.add_stream("libx264", rate=fps, options=options)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.codec_context.time_base = Fraction(1, fps)
+        video.codec_context.gop_size = gop
+        if bit_rate is not None:
+            video.bit_rate = bit_rate
+        sound = container.add_stream("aac", rate=44_100, layout="stereo") if audio else None
+        for k in range(frame_count):
+            t = k / max(1, frame_count - 1)
+            x, y = int(t * pan), int((0.5 - 0.5 * np.cos(np.pi * t)) * pan)
+            picture = scene[y : y + height, x : x + width].copy()
+            cx, cy = int(width * (0.2 + 0.6 * t)), height // 2 + int(height * 0.2 * np.sin(6 * np.pi * t))
+            r = max(2, height // 10)
+            picture[max(0, cy - r) : cy + r, max(0, cx - r) : cx + r] = (230, 40, 40)
+            if grain is not None:
+                ox, oy = int(rng.integers(0, 16)), int(rng.integers(0, 16))
+                picture += grain[oy : oy + height, ox : ox + width]
+            frame = av.VideoFrame.from_ndarray(np.clip(picture, 0, 255).astype(np.uint8), format="rgb24")
+            frame.pts = k
+            frame.time_base = Fraction(1, fps)
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode(None):
+            container.mux(packet)
+        if sound is not None:
+            resampler = av.AudioResampler(format="fltp", layout="stereo", rate=44_100, frame_size=1024)
+            source = av.AudioFrame.from_ndarray(speech_like(seconds, 44_100, 2), format="fltp", layout="stereo")
+            source.sample_rate, source.pts, source.time_base = 44_100, 0, Fraction(1, 44_100)
+            for chunk in [*resampler.resample(source), *resampler.resample(None)]:
+                for packet in sound.encode(chunk):
+                    container.mux(packet)
+            for packet in sound.encode(None):
+                container.mux(packet)
     return path
