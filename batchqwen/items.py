@@ -51,6 +51,7 @@ class PreparedInput:
     pcm16: bytes = b""  # PCM16LE mono 16 kHz
     images: tuple[TimedImage, ...] = ()  # in time order
     padded_silence_seconds: float = 0.0  # silence added because the item had no audio
+    notes: tuple[str, ...] = ()  # what preparation decided (how video frames were picked), for the row's notes
 
     @property
     def audio_seconds(self) -> float:
