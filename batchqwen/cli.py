@@ -180,6 +180,15 @@ def _shared_options(func: Any) -> Any:
             show_default=True,
             help="Frames per second taken from videos.",
         ),
+        click.option(
+            "--video-frames",
+            type=click.Choice(["keyframes", "exact"]),
+            default="keyframes",
+            show_default=True,
+            help="keyframes: the nearest key frame within half the sampling interval, else decoded to the moment"
+            " (decoding follows the frames kept); exact: every frame decoded, the first at or after each moment."
+            " The count and the size of frames, hence the estimate, are the same in both.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -345,6 +354,7 @@ def run(manifest: Path, out: Path | None, **options: Any) -> None:
         max_cost=options["max_cost"],
         prices=options["prices"],
         video_fps=options["video_fps"],
+        video_frames=options["video_frames"],
         pad_silence_seconds=options["pad_silence"],
         transcribe_input=not options["no_transcription"],
         pace=options["pace"],

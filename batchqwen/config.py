@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from batchqwen.models import DEFAULT_MODEL, TEXT_AND_AUDIO
 from batchqwen.realtime.gateways import DEFAULT_REGION, gateway_url, normalize_region
@@ -37,6 +38,7 @@ class RunConfig:
     prices: Path | None = None
     # media
     video_fps: float = 1.0
+    video_frames: Literal["keyframes", "exact"] = "keyframes"  # how frames are picked (media.read_video)
     decode_processes: int | None = None  # None: auto (runner.decode_processes_for); 0: threads; N: N processes
     pad_silence_seconds: float = 1.0
     transcribe_input: bool = True
