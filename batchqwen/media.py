@@ -340,6 +340,8 @@ def prepare_image(path: Path, *, at_seconds: float = 0.0) -> TimedImage:
                 swapped = _orientation(image) in _SWAPPING_ORIENTATIONS
                 stored = (target[1], target[0]) if swapped else target
                 image.draft(None, stored)
+            if _sendable_as_is(image, path, oriented, target):
+                return TimedImage(at_seconds=at_seconds, jpeg=path.read_bytes(), width=oriented[0], height=oriented[1])
             image.load()  # decode now, so a truncated file fails here as a MediaError
             ImageOps.exif_transpose(image, in_place=True)
             normalized = _normalize_mode(image)
@@ -349,6 +351,19 @@ def prepare_image(path: Path, *, at_seconds: float = 0.0) -> TimedImage:
             raise MediaError(f"not an image Pillow can read: {path} ({_reason(exc)})") from None
         data, width, height = _encode_jpeg(normalized, target)
     return TimedImage(at_seconds=at_seconds, jpeg=data, width=width, height=height)
+
+
+def _sendable_as_is(image: Image.Image, path: Path, oriented: tuple[int, int], target: tuple[int, int]) -> bool:
+    """A JPEG already within every limit (size, bytes, upright, RGB or grey) goes as it is: decoding and
+    re-encoding it would cost tens of milliseconds and some quality for nothing. Its entropy-coded data is
+    still read through once (at a reduced DCT scale, which is cheap) so a cut-off file is refused here."""
+    if image.format != "JPEG" or image.mode not in ("RGB", "L") or target != oriented:
+        return False
+    if _orientation(image) != 1 or path.stat().st_size > MAX_JPEG_BYTES:
+        return False
+    image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
+    image.load()  # raises for a truncated or corrupt file: the caller turns it into a MediaError
+    return True
 
 
 def _oriented_size(image: Image.Image) -> tuple[int, int]:
@@ -673,7 +688,7 @@ class _SeekingReader:
         self._frames: Iterator[av.VideoFrame] | None = None  # decoding forward from self._gop
         self._gop: float | None = None
         self._last: float = -math.inf  # timestamp of the last frame the forward decoding gave
-        self._pending: av.VideoFrame | None = None  # decoded but not yet handed out
+        self._skip_before = -math.inf  # frames shown before this are decoded only when referred to
 
     def seconds(self, frame: av.VideoFrame) -> float:
         return max(0.0, float(frame.pts * self._video.time_base) - self._start)
@@ -681,7 +696,8 @@ class _SeekingReader:
     def _seek(self, key: float) -> None:
         ts = round((key + self._start) / self._video.time_base)
         self._container.seek(ts, stream=self._video, backward=True, any_frame=False)
-        self._frames, self._gop, self._last, self._pending = None, None, -math.inf, None
+        self._frames, self._gop, self._last = None, None, -math.inf
+        self._video.codec_context.skip_frame = "DEFAULT"
 
     def key_frame(self, key: float) -> av.VideoFrame | None:
         """The key frame at ``key`` alone: its packet decoded and the decoder drained (no frames after it)."""
@@ -707,23 +723,36 @@ class _SeekingReader:
         eps = _FRAME_TIME_TOLERANCE
         if self._frames is None or self._gop != key or self._last > target + eps:
             self._seek(key)
-            self._frames, self._gop = iter(self._container.decode(self._video)), key
+            self._frames, self._gop = self._decode_on(), key
+        self._skip_before = target - eps
         newest: av.VideoFrame | None = None
-        while True:
-            frame = self._pending or next(self._frames, None)
-            self._pending = None
-            if frame is None:
-                self._frames = None
-                if newest is not None and self.seconds(newest) > after + eps:
-                    return newest
-                return None
-            if frame.pts is None:
-                continue
+        for frame in self._frames:
             at = self.seconds(frame)
             self._last = at
             if at + eps >= target and at > after + eps:
                 return frame
             newest = frame
+        self._frames = None
+        if newest is not None and self.seconds(newest) > after + eps:
+            return newest
+        return None
+
+    def _decode_on(self) -> Iterator[av.VideoFrame]:
+        """Frames from the current position to the end. A packet shown before the moment wanted
+        (``self._skip_before``) is decoded only when later frames refer to it: frames nothing refers to
+        (most B-frames) cannot be the one kept, and FFmpeg skips them (``skip_frame="NONREF"``)."""
+        codec = self._video.codec_context
+        tb = self._video.time_base
+        for packet in self._container.demux(self._video):
+            early = packet.pts is not None and float(packet.pts * tb) - self._start < self._skip_before
+            codec.skip_frame = "NONREF" if early else "DEFAULT"
+            for frame in self._video.decode(packet):
+                if frame.pts is not None:
+                    yield frame
+        codec.skip_frame = "DEFAULT"
+        for frame in self._video.decode(None):
+            if frame.pts is not None:
+                yield frame
 
 
 class _FrameEncoder:
