@@ -19,11 +19,13 @@ Choices where the service's documentation is silent (all keyword arguments or mo
   its own timestamp. By default (``video_frames="keyframes"``) a moment takes the nearest key frame within
   half the sampling interval, else the first frame at or after it, decoded forward from the key frame
   before it: decoding follows the frames kept (one pass over the packets for the key frame times and the
-  sound, then a seek per key frame needed). Measured on 30 s camera-like 1080p H.264 clips at 4 Mbit/s,
-  1 frame a second (bench/bench_video.py): 0.3 of the old CPU with a key frame every 0.5 s, 0.7 with one
-  every 4 s. ``skip_frame="NONKEY"`` was measured and not used: it decodes every key frame (twice the
-  pictures needed at 0.5 s) and, after a seek, waits for the next one. ``video_frames="exact"`` decodes
-  every frame and takes the first at or after each moment (frame-accurate on any file).
+  sound, then a seek per key frame needed; decoding forward skips the frames nothing refers to before
+  the moment). Measured on 30 s camera-like 1080p H.264 clips at 4 Mbit/s, 1 frame a second
+  (bench/bench_video.py, bench/RESULTS.md section 6): 0.30 of the old CPU with a key frame every 0.5 s,
+  0.65 with one every 4 s. ``skip_frame="NONKEY"`` over the whole file was measured and not used: it
+  decodes every key frame (twice the pictures needed at 0.5 s) and, after a seek, waits for the next one.
+  ``video_frames="exact"`` decodes every frame and takes the first at or after each moment
+  (frame-accurate on any file); the key-frame mode falls back to it when seeking misses a key frame.
 - Video frames are sent at :func:`fit_frame_size`: within 1920×1080 and at most 1280 blocks of 32×32 px,
   the most one image is billed for on qwen3-omni-flash (1 token a block, clamped at 1280), so 1080p goes
   at 1504×846 (1269 tokens) and 720p as it is. On qwen-omni-turbo (28 px blocks) such a frame is 1674

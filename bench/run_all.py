@@ -24,6 +24,7 @@ import bench_families
 import bench_memory
 import bench_scaling
 import bench_sdk
+import bench_video
 from common import PYTHON, ROOT, machine
 
 HERE = Path(__file__).resolve().parent
@@ -118,6 +119,12 @@ def main() -> None:
     mem = bench_memory.dry_run([10_000] if q else [10_000, 100_000, 1_000_000])
     mem += bench_memory.simulated([200] if q else [500, 5_000, 10_000])
     section("5. Peak RSS of the batchqwen process (CLI subprocess)", bench_memory.render(mem))
+
+    print("6. video preparation ...", file=sys.stderr, flush=True)
+    section(
+        "6. Video preparation CPU: before issue 16, the new default and the exact mode (bench/bench_video.py)",
+        bench_video.measure(seconds=30.0, repeat=1 if q else 2, quick=q),
+    )
 
     info = machine()
     command = ".venv/bin/python bench/run_all.py" + (" --quick" if q else "")
