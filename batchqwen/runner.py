@@ -540,6 +540,15 @@ async def _already(row: results.ResultRow) -> results.ResultRow:
     return row
 
 
+def ramp_seconds_for(concurrency: int, rpm: int | None) -> float:
+    """How long the limiter takes to open every slot: against the service's burst limit, which is
+    relative to the quota, the time the quota itself would take to start ``concurrency`` sessions, at most
+    ``RUN_RAMP_SECONDS``; next to nothing when the quota is huge."""
+    if rpm is None or rpm <= 0:
+        return 0.0
+    return min(RUN_RAMP_SECONDS, 60.0 * concurrency / rpm)
+
+
 def decode_processes_for(config: RunConfig, checked: manifest.ManifestSummary) -> int:
     """``--decode-processes``, or with ``auto`` (None): worker processes when the manifest holds enough
     compressed media (video, images, audio other than WAV) to repay starting them, one per core but one
@@ -559,7 +568,10 @@ def _decoder_pool(processes: int) -> ProcessPoolExecutor | None:
     if processes <= 0:
         return None
     # spawn, not fork: the event loop's threads and sockets must not be copied into the workers
-    return ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"))
+    for _ in range(processes):  # start them now and let them import the decoders, before the first item
+        pool.submit(media.silence, 0.0)
+    return pool
 
 
 def _estimated_cost_already_done(config: RunConfig, done: results.JournalIndex) -> float:
@@ -669,6 +681,48 @@ async def _run_locked(
 
     async with _endpoint(config) as (url, api_key):
         ctx = ItemContext(config, client_settings(config, url, api_key), prices, output, out, retry)
+        items = _pending_items(manifest.iter_items(config.manifest, limit=config.limit), done, progress, counters)
+        in_flight: set[asyncio.Task[results.ResultRow]] = set()
+        stopping = asyncio.Event()
+        # Preparation runs ahead of the sessions: a few preparers plan and decode items (in the decoder
+        # pool) into a bounded queue, from which the workers take what is ready; so a session never waits
+        # on its own decoding while a core is idle, and memory stays flat (at most the queue is ahead).
+        # None in the queue tells a worker that nothing more will come.
+        ahead: asyncio.Queue[ReadyItem | results.ResultRow | None] = asyncio.Queue(
+            maxsize=config.concurrency + PREPARE_AHEAD
+        )
+        preparers_left = [0]
+        preparers: list[asyncio.Task[None]] = []
+
+        async def preparer() -> None:
+            try:
+                while not stopping.is_set():
+                    item = next(items, None)
+                    if item is None:
+                        return
+                    await ahead.put(await prepare(item, ctx, decoder=decoder))
+            finally:
+                preparers_left[0] -= 1
+                if preparers_left[0] == 0 and not stopping.is_set():
+                    for _ in range(config.concurrency):
+                        await ahead.put(None)
+
+        def release_workers() -> None:
+            """The run stops: what is prepared and not run stays pending; every waiting worker wakes."""
+            for task in preparers:
+                task.cancel()
+            while not ahead.empty():
+                ahead.get_nowait()
+            with contextlib.suppress(asyncio.QueueFull):
+                for _ in range(config.concurrency):
+                    ahead.put_nowait(None)
+
+        # preparation starts now: the pool's start and the first decodes overlap the quota lookup below
+        processes = decode_processes_for(config, checked)
+        decoder = _decoder_pool(processes)
+        preparer_count = max(PREPARERS_PER_CORE * (os.cpu_count() or 1), 2 * processes)
+        preparers_left[0] = preparer_count
+        preparers.extend(asyncio.create_task(preparer()) for _ in range(preparer_count))
         model = get_model(config.model)
         # flags win; else the account's quota (with a workspace or a base URL that answers it); else the
         # registry's defaults; the summary says which
@@ -691,7 +745,7 @@ async def _run_locked(
             max_cost=config.max_cost,
             window=window,
             margin=window_margin,
-            ramp_seconds=0.0 if config.simulate else RUN_RAMP_SECONDS,  # the service's burst limit
+            ramp_seconds=0.0 if config.simulate else ramp_seconds_for(config.concurrency, limits.rpm),
         )
 
         def on_breaker(event: str, fields: dict[str, Any]) -> None:
@@ -700,9 +754,6 @@ async def _run_locked(
                 limiter.ramp_up()  # after an outage, not every worker at once: the burst limit
 
         breaker = Breaker(max_outage=config.max_outage, on_event=on_breaker)
-        items = _pending_items(manifest.iter_items(config.manifest, limit=config.limit), done, progress, counters)
-        in_flight: set[asyncio.Task[results.ResultRow]] = set()
-        stopping = asyncio.Event()
 
         def stop_run(reason: str, *, environment: bool = False) -> None:
             if not stop_reason:
@@ -738,39 +789,6 @@ async def _run_locked(
         remove_handlers = _install_signal_handlers(on_signal)
         # model name -> why the service refused it (Model.NotExist, unpurchased): its other items fail at once
         unavailable: dict[str, ServerError] = {}
-
-        # Preparation runs ahead of the sessions: a few preparers plan and decode items (in the decoder
-        # pool) into a bounded queue, from which the workers take what is ready; so a session never waits
-        # on its own decoding while a core is idle, and memory stays flat (at most the queue is ahead).
-        # None in the queue tells a worker that nothing more will come.
-        ahead: asyncio.Queue[ReadyItem | results.ResultRow | None] = asyncio.Queue(
-            maxsize=config.concurrency + PREPARE_AHEAD
-        )
-        preparers_left = [0]
-        preparers: list[asyncio.Task[None]] = []
-
-        async def preparer() -> None:
-            try:
-                while not stopping.is_set():
-                    item = next(items, None)
-                    if item is None:
-                        return
-                    await ahead.put(await prepare(item, ctx, decoder=decoder))
-            finally:
-                preparers_left[0] -= 1
-                if preparers_left[0] == 0 and not stopping.is_set():
-                    for _ in range(config.concurrency):
-                        await ahead.put(None)
-
-        def release_workers() -> None:
-            """The run stops: what is prepared and not run stays pending; every waiting worker wakes."""
-            for task in preparers:
-                task.cancel()
-            while not ahead.empty():
-                ahead.get_nowait()
-            with contextlib.suppress(asyncio.QueueFull):
-                for _ in range(config.concurrency):
-                    ahead.put_nowait(None)
 
         async def worker() -> None:
             while not stopping.is_set():
@@ -836,11 +854,6 @@ async def _run_locked(
                 progress.update(record)
 
         event_log = EventLog(config.log_events, secrets) if config.log_events else None
-        processes = decode_processes_for(config, checked)
-        decoder = _decoder_pool(processes)
-        preparer_count = max(PREPARERS_PER_CORE * (os.cpu_count() or 1), 2 * processes)
-        preparers_left[0] = preparer_count
-        preparers.extend(asyncio.create_task(preparer()) for _ in range(preparer_count))
         workers = [asyncio.create_task(worker()) for _ in range(config.concurrency)]
         last_checkpoint = time.monotonic()
         try:

@@ -8,6 +8,9 @@ Both clients stream unpaced (as fast as the socket takes it), decode the same fi
 ``media.prepare_item``, send 100 ms audio chunks (3,200 bytes) and the images, commit, ask for a
 text+audio response, collect the transcript and the audio, end with session.finish, and write one WAV
 per item. CPU is ``time.process_time`` (all threads of this process).
+
+``BENCH_PACKAGE_ROOT=DIR`` runs the ``batchqwen`` package found in DIR instead of the installed one (an
+export of an older commit), so a benchmark can measure the version before a change beside the new one.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+if os.environ.get("BENCH_PACKAGE_ROOT"):  # the older version under measurement, ahead of the editable install
+    sys.meta_path[:] = [finder for finder in sys.meta_path if "__editable__" not in type(finder).__module__]
+    sys.path.insert(0, os.environ["BENCH_PACKAGE_ROOT"])
 
 import pyarrow.parquet as pq
 
@@ -53,7 +60,12 @@ def drive_runner(manifest: Path, url: str, concurrency: int, out: Path) -> dict[
         progress=False,
         quiet=True,
         chunk_ms=int(os.environ.get("BENCH_CHUNK_MS", "100")),
-        decode_processes=int(os.environ.get("BENCH_DECODE_PROCESSES", "0")),
+        # not given: the version's own default (auto since the speed issue, a thread before)
+        **(
+            {"decode_processes": int(os.environ["BENCH_DECODE_PROCESSES"])}
+            if "BENCH_DECODE_PROCESSES" in os.environ
+            else {}
+        ),
     )
     cpu0, wall0 = time.process_time(), time.perf_counter()
     outcome = asyncio.run(run(config))

@@ -473,3 +473,24 @@ def test_prepare_item_errors_are_typed(tmp_path: Path) -> None:
 
 def test_audio_seconds_is_consistent_with_samples() -> None:
     assert math.isclose(len(media.silence(2.0)) / INPUT_BYTES_PER_SECOND, 2.0)
+
+
+def test_a_jpeg_already_within_the_limits_is_sent_as_it_is_and_others_are_not(tmp_path: Path) -> None:
+    from media_factory import write_image, write_truncated
+
+    from batchqwen import media
+
+    fine = write_image(tmp_path / "fine.jpg", 1280, 720)
+    prepared = media.prepare_image(fine, at_seconds=1.5)
+    assert prepared.jpeg == fine.read_bytes()  # no decode and re-encode: not a byte changed
+    assert (prepared.width, prepared.height, prepared.at_seconds) == (1280, 720, 1.5)
+    big = write_image(tmp_path / "big.jpg", 2400, 1600)  # over 1920x1080: scaled, so re-encoded
+    assert media.prepare_image(big).jpeg != big.read_bytes()
+    png = write_image(tmp_path / "p.png", 320, 240)
+    assert media.prepare_image(png).jpeg[:2] == b"\xff\xd8"  # converted
+    turned = write_image(tmp_path / "turned.jpg", 640, 480, exif_orientation=6)
+    upright = media.prepare_image(turned)
+    assert upright.jpeg != turned.read_bytes() and (upright.width, upright.height) == (480, 640)
+    cut = write_truncated(fine, tmp_path / "cut.jpg")
+    with pytest.raises(MediaError):
+        media.prepare_image(cut)  # a cut-off JPEG is refused, not passed on

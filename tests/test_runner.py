@@ -254,3 +254,12 @@ def test_preparation_runs_ahead_but_never_more_than_the_window(tmp_path: Path) -
     preparers = max(runner.PREPARERS_PER_CORE * (runner.os.cpu_count() or 1), 0)
     window = 2 + runner.PREPARE_AHEAD + preparers
     assert 2 < ahead_most[0] <= window  # ahead of the sessions, never unbounded
+
+
+def test_the_ramp_follows_the_quota() -> None:
+    from batchqwen.limiter import RUN_RAMP_SECONDS
+
+    assert runner.ramp_seconds_for(32, 60) == RUN_RAMP_SECONDS  # 60 a minute: 32 starts would take 32 s
+    assert runner.ramp_seconds_for(8, 600) == pytest.approx(0.8)
+    assert runner.ramp_seconds_for(32, 10**6) < 0.01  # a huge quota has no burst to fear
+    assert runner.ramp_seconds_for(32, None) == 0.0
