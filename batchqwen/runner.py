@@ -192,7 +192,11 @@ async def prepare(item: Item, ctx: ItemContext, *, decoder: Executor | None = No
     }
     try:
         decode = functools.partial(
-            media.prepare_item, item, video_fps=plan.video_fps, pad_silence_seconds=plan.pad_silence_seconds
+            media.prepare_item,
+            item,
+            video_fps=plan.video_fps,
+            pad_silence_seconds=plan.pad_silence_seconds,
+            video_frames=config.video_frames,
         )
         prepared = await asyncio.get_running_loop().run_in_executor(decoder, decode)
     except ItemError as exc:
@@ -221,7 +225,7 @@ async def session(
         "voice": plan.voice,
         "modalities": ",".join(plan.modalities),
         "target_language": plan.target_language,
-        "notes": [*plan.notes, *getattr(prepared, "notes", ())],
+        "notes": [*plan.notes, *prepared.notes],
     }
     estimate, est_cost = estimate_for(plan, prepared, ctx)
     price = ctx.prices.lookup(plan.model.name, config.resolved_region)
