@@ -23,14 +23,17 @@ and its cost reported as unknown (None), never as zero.
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing
 import os
+import threading
 import time
-from collections import deque
-from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -46,7 +49,7 @@ from batchqwen.cost import (
 )
 from batchqwen.errors import BatchQwenError
 from batchqwen.items import Item
-from batchqwen.manifest import iter_items, validate_item
+from batchqwen.manifest import RawRows, items_of, iter_raw_rows, validate_item
 from batchqwen.media import (
     DEFAULT_MAX_VIDEO_FRAMES,
     fit_image_size,
@@ -62,6 +65,10 @@ ESTIMATE_FILE = "estimate.parquet"
 WRITE_BATCH_ROWS = 2_048
 MAX_PROBLEMS_KEPT = 20  # problems listed in the report; all are counted and all are in the Parquet file
 DEFAULT_WORKERS = min(8, (os.cpu_count() or 2) * 2)  # probing is mostly waiting on file metadata
+PROBE_CACHE_ENTRIES = 16_384  # file headers remembered (per process): rows sharing a file probe it once
+PARALLEL_MIN_ROWS = 2_000  # from here on, one worker process per core repays its start-up (about 0.3 s)
+PARALLEL_CHUNK_ROWS = 256  # raw rows sent to a worker process at a time
+_T = TypeVar("_T")
 
 ESTIMATE_SCHEMA = pa.schema(
     [
@@ -221,6 +228,51 @@ def estimate_item(
     return _estimate_item(item, settings)
 
 
+class ProbeCache:
+    """What a file's header said, keyed by (probe, path, size, modification time), bounded (LRU).
+
+    Rows that share a file probe it once: a thread that asks for a key another thread is probing waits
+    for that probe instead of opening the file again; a probe that failed is remembered as failed.
+    """
+
+    def __init__(self, max_entries: int = PROBE_CACHE_ENTRIES) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[Any, ...], Future[Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.probes = 0  # probes actually run (files opened), for tests and the bench
+
+    def get(self, path: Path, probe: Callable[..., _T], **options: Any) -> _T:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return probe(path, **options)  # the probe says what is wrong with it, in its own words
+        key = (probe.__name__, str(path), stat.st_size, stat.st_mtime_ns, tuple(sorted(options.items())))
+        with self._lock:
+            entry = self._entries.get(key)
+            owner = entry is None
+            if entry is None:
+                entry = self._entries[key] = Future()
+                if len(self._entries) > self.max_entries:
+                    self._entries.popitem(last=False)
+            else:
+                self._entries.move_to_end(key)
+        if owner:
+            self.probes += 1
+            try:
+                entry.set_result(probe(path, **options))
+            except BaseException as exc:
+                entry.set_exception(exc)
+        return cast(_T, entry.result())
+
+
+_PROBES = ProbeCache()
+
+
+def _estimate_rows(source: RawRows, rows: list[tuple[int, Any]], s: _Settings) -> list[RowEstimate]:
+    """A chunk of raw rows estimated in a worker process (its own probe cache)."""
+    return [_estimate_item(item, s) for item in items_of(source, rows, with_hash=False)]
+
+
 def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
     model_name = item.model or s.default_model
     modalities = item.modalities or s.modalities
@@ -239,17 +291,17 @@ def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
         )
         model, model_name, modalities = plan.model, plan.model.name, plan.modalities
         validate_item(item)
-        audio_seconds = probe_audio_seconds(item.audio) if item.audio is not None else 0.0
+        audio_seconds = _PROBES.get(item.audio, probe_audio_seconds) if item.audio is not None else 0.0
         sizes: list[tuple[int, int]] = []
         if item.video is not None:
-            video = probe_video(item.video, fps=plan.video_fps, max_frames=s.max_video_frames)
+            video = _PROBES.get(item.video, probe_video, fps=plan.video_fps, max_frames=s.max_video_frames)
             sizes.extend([video.frame_size] * len(video.frame_times))
             if item.audio is None:  # an audio file, when given, is the sound; the video gives frames only
                 audio_seconds = video.audio_seconds
         padded = 0.0
         if audio_seconds <= 0 and plan.pad_silence_seconds > 0:
             padded = audio_seconds = plan.pad_silence_seconds
-        sizes.extend(fit_image_size(*probe_image_size(path)) for path in item.images)
+        sizes.extend(fit_image_size(*_PROBES.get(path, probe_image_size)) for path in item.images)
         tokens = estimate_tokens(
             model,
             audio_seconds=audio_seconds,
@@ -358,20 +410,16 @@ def estimate_manifest(
         source_language,
     )
     writer = _RowWriter(out_dir / ESTIMATE_FILE) if out_dir is not None else None
-    max_in_flight = max(1, workers) * 4
+    cores = os.cpu_count() or 1
     try:
-        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="estimate") as pool:
-            pending: deque[Future[RowEstimate]] = deque()
-            try:
-                for item in iter_items(Path(path), limit=limit):
-                    pending.append(pool.submit(_estimate_item, item, settings))
-                    if len(pending) >= max_in_flight:
-                        _record(report, prices, writer, pending.popleft().result())
-                while pending:
-                    _record(report, prices, writer, pending.popleft().result())
-            finally:
-                for future in pending:  # a manifest error mid-way: do not probe the rest
-                    future.cancel()
+        source, raw_rows = iter_raw_rows(Path(path))
+        head = list(itertools.islice(raw_rows, PARALLEL_MIN_ROWS))
+        if len(head) < PARALLEL_MIN_ROWS or cores < 2 or (limit is not None and limit < PARALLEL_MIN_ROWS):
+            rows: Iterable[tuple[int, Any]] = itertools.chain(head, raw_rows)
+            _estimate_here(source, rows, settings, report, prices, writer, limit=limit, workers=workers)
+        else:
+            rows = itertools.chain(head, raw_rows)
+            _estimate_in_processes(source, rows, settings, report, prices, writer, limit=limit, processes=cores)
     except BaseException:
         if writer is not None:
             writer.abandon()
@@ -381,6 +429,90 @@ def estimate_manifest(
         report.parquet = writer.path
     report.elapsed_seconds = time.perf_counter() - started
     return report
+
+
+def _estimate_here(
+    source: RawRows,
+    rows: Iterable[tuple[int, Any]],
+    settings: _Settings,
+    report: EstimateReport,
+    prices: PriceBook,
+    writer: _RowWriter | None,
+    *,
+    limit: int | None,
+    workers: int,
+) -> None:
+    """A small manifest: rows made into Items here, probed by a few threads (waiting on file headers)."""
+    items: Iterator[Item] = (item for chunk in _chunks(rows, 64) for item in items_of(source, chunk, with_hash=False))
+    if limit is not None:
+        items = itertools.islice(items, max(0, limit))
+    max_in_flight = max(1, workers) * 4
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="estimate") as pool:
+        pending: deque[Future[RowEstimate]] = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(_estimate_item, item, settings))
+                if len(pending) >= max_in_flight:
+                    _record(report, prices, writer, pending.popleft().result())
+            while pending:
+                _record(report, prices, writer, pending.popleft().result())
+        finally:
+            for future in pending:  # a manifest error mid-way: do not probe the rest
+                future.cancel()
+
+
+def _estimate_in_processes(
+    source: RawRows,
+    rows: Iterable[tuple[int, Any]],
+    settings: _Settings,
+    report: EstimateReport,
+    prices: PriceBook,
+    writer: _RowWriter | None,
+    *,
+    limit: int | None,
+    processes: int,
+) -> None:
+    """A big manifest: chunks of raw rows go to one worker process per core, which make the Items and
+    probe them (each with its own probe cache); results come back and are recorded in manifest order.
+    A bounded number of chunks is in flight, so memory stays flat however long the manifest."""
+    context = multiprocessing.get_context("spawn")
+    recorded = 0
+    with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+        pending: deque[Future[list[RowEstimate]]] = deque()
+        try:
+            for chunk in _chunks(rows, PARALLEL_CHUNK_ROWS):
+                pending.append(pool.submit(_estimate_rows, source, chunk, settings))
+                while len(pending) >= processes * 4 or (pending and pending[0].done()):
+                    recorded = _record_chunk(report, prices, writer, pending.popleft().result(), recorded, limit)
+                if limit is not None and recorded >= limit:
+                    return
+            while pending:
+                recorded = _record_chunk(report, prices, writer, pending.popleft().result(), recorded, limit)
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _record_chunk(
+    report: EstimateReport,
+    prices: PriceBook,
+    writer: _RowWriter | None,
+    chunk: list[RowEstimate],
+    recorded: int,
+    limit: int | None,
+) -> int:
+    for row in chunk:
+        if limit is not None and recorded >= limit:
+            break
+        _record(report, prices, writer, row)
+        recorded += 1
+    return recorded
+
+
+def _chunks(rows: Iterable[tuple[int, Any]], size: int) -> Iterator[list[tuple[int, Any]]]:
+    iterator = iter(rows)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def _record(report: EstimateReport, prices: PriceBook, writer: _RowWriter | None, row: RowEstimate) -> None:

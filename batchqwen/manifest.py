@@ -26,7 +26,7 @@ import json
 import math
 import os
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -305,8 +305,9 @@ def derive_id(content: dict[str, Any]) -> str:
     return "row-" + hashlib.sha256(_canonical(content).encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
-def _to_item(number: int, raw: RawRow, base: Path, where: str) -> Item | None:
-    """One raw row as an Item; None for a row whose cells are all empty."""
+def _to_item(number: int, raw: RawRow, base: Path, where: str, *, with_hash: bool = True) -> Item | None:
+    """One raw row as an Item; None for a row whose cells are all empty. ``with_hash`` False leaves the
+    content hash empty (it stats every file; the dry run does not need it)."""
     item_id = _id_text(raw.get("id"), where)
     audio = _text(raw.get("audio"), "audio", where)
     images = _list_of_text(raw.get("image"), "image", where, ";")
@@ -337,11 +338,10 @@ def _to_item(number: int, raw: RawRow, base: Path, where: str) -> Item | None:
     image_paths = tuple(_resolve(base, p) for p in images)
     video_path = _resolve(base, video) if video else None
     files = [p for p in (audio_path, *image_paths, video_path) if p is not None]
-    content_hash = hashlib.sha256(
-        _canonical({"id": item_id, "cells": content, "files": [_file_stamp(p) for p in files]}).encode(
-            "utf-8", "surrogatepass"
-        )
-    ).hexdigest()
+    content_hash = ""
+    if with_hash:
+        stamped = {"id": item_id, "cells": content, "files": [_file_stamp(p) for p in files]}
+        content_hash = hashlib.sha256(_canonical(stamped).encode("utf-8", "surrogatepass")).hexdigest()
     return Item(
         id=item_id,
         row=number,
@@ -360,7 +360,7 @@ def _to_item(number: int, raw: RawRow, base: Path, where: str) -> Item | None:
     )
 
 
-def iter_items(path: Path, *, limit: int | None = None) -> Iterator[Item]:
+def iter_items(path: Path, *, limit: int | None = None, with_hash: bool = True) -> Iterator[Item]:
     """Stream a manifest's rows as Items, in manifest order, at most ``limit`` of them.
 
     Raises ManifestError (naming the row or line) for a manifest that cannot be read or a malformed row.
@@ -374,13 +374,39 @@ def iter_items(path: Path, *, limit: int | None = None) -> Iterator[Item]:
     if limit is not None and limit <= 0:
         return
     for number, raw in _iter_raw(path, fmt):
-        item = _to_item(number, raw, base, f"{path.name}: {_where(fmt, number)}")
+        item = _to_item(number, raw, base, f"{path.name}: {_where(fmt, number)}", with_hash=with_hash)
         if item is None:
             continue
         yield item
         produced += 1
         if limit is not None and produced >= limit:
             return
+
+
+@dataclass(frozen=True)
+class RawRows:
+    """Where raw rows come from, so that another process can turn them into Items (:func:`items_of`)."""
+
+    name: str  # the manifest's file name, for messages
+    fmt: str
+    base: Path  # relative paths resolve against this folder
+
+
+def iter_raw_rows(path: Path) -> tuple[RawRows, Iterator[tuple[int, RawRow]]]:
+    """The manifest's rows, parsed but not yet Items: cheap to read, to be turned into Items elsewhere."""
+    path = Path(path)
+    fmt = manifest_format(path)
+    _open_check(path)
+    return RawRows(path.name, fmt, path.absolute().parent), _iter_raw(path, fmt)
+
+
+def items_of(source: RawRows, rows: Iterable[tuple[int, RawRow]], *, with_hash: bool = True) -> list[Item]:
+    """Items of raw rows (blank rows dropped), as :func:`iter_items` makes them."""
+    made = (
+        _to_item(number, raw, source.base, f"{source.name}: {_where(source.fmt, number)}", with_hash=with_hash)
+        for number, raw in rows
+    )
+    return [item for item in made if item is not None]
 
 
 # ----------------------------------------------------------------------------- per-row checks

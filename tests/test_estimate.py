@@ -277,3 +277,55 @@ def test_without_out_dir_writes_nothing(job: Path, tmp_path: Path) -> None:
     report = run(job, None, workers=1)
     assert report.parquet is None and report.items == 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.csv", "media"]
+
+
+def test_a_file_named_on_every_row_is_opened_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import functools
+
+    from batchqwen import estimate
+
+    write_wav(tmp_path / "one.wav", 1.5)
+    Image.new("RGB", (320, 240), (10, 200, 30)).save(tmp_path / "one.png")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,audio,image\n" + "".join(f"r{n},one.wav,one.png\n" for n in range(300)), "utf-8")
+    opened: list[str] = []
+
+    def counting(probe: Any) -> Any:
+        @functools.wraps(probe)
+        def wrapper(path: Path, **options: Any) -> Any:
+            opened.append(path.name)
+            return probe(path, **options)
+
+        return wrapper
+
+    monkeypatch.setattr(estimate, "_PROBES", estimate.ProbeCache())
+    monkeypatch.setattr(estimate, "probe_audio_seconds", counting(estimate.probe_audio_seconds))
+    monkeypatch.setattr(estimate, "probe_image_size", counting(estimate.probe_image_size))
+    report = run(manifest, tmp_path / "out")
+    assert report.items == 300 and report.problem_count == 0
+    assert sorted(opened) == ["one.png", "one.wav"]  # once each, for 300 rows
+    rows = pq.read_table(tmp_path / "out" / ESTIMATE_FILE).to_pylist()
+    assert {r["audio_seconds"] for r in rows} == {1.5} and {r["image_count"] for r in rows} == {1}
+    # a changed file is a new key: probed again
+    write_wav(tmp_path / "one.wav", 2.5)
+    run(manifest, tmp_path / "out2")
+    assert opened.count("one.wav") == 2
+
+
+def test_a_big_manifest_is_estimated_in_worker_processes_in_manifest_order(tmp_path: Path) -> None:
+    from batchqwen import estimate
+
+    for n in range(3):
+        write_wav(tmp_path / f"a{n}.wav", 1.0 + n)
+    rows = estimate.PARALLEL_MIN_ROWS + 300
+    manifest = tmp_path / "m.csv"
+    lines = "".join(f"r{n},a{n % 3}.wav,{'nope.wav' if n == 1234 else ''}\n" for n in range(rows))
+    manifest.write_text("id,audio,video\n" + lines, "utf-8")
+    report = run(manifest, tmp_path / "out")
+    assert report.items == rows
+    assert report.problem_count == 1  # row 1234 names a video that does not exist: its own problem
+    table = pq.read_table(tmp_path / "out" / ESTIMATE_FILE).to_pylist()
+    assert [r["id"] for r in table] == [f"r{n}" for n in range(rows)]  # manifest order
+    assert [r["audio_seconds"] for r in table[:6]] == [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]
+    limited = run(manifest, tmp_path / "out2", limit=estimate.PARALLEL_MIN_ROWS + 10)
+    assert limited.items == estimate.PARALLEL_MIN_ROWS + 10
