@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_cost
 import bench_families
 import bench_memory
+import bench_prepare
 import bench_scaling
 import bench_sdk
 import bench_video
@@ -125,6 +126,17 @@ def main() -> None:
         "6. Video preparation CPU: before issue 16, the new default and the exact mode (bench/bench_video.py)",
         bench_video.measure(seconds=30.0, repeat=1 if q else 2, quick=q),
     )
+
+    print("7. preparation ahead of the sessions ...", file=sys.stderr, flush=True)
+    section(
+        "7. 32 sessions of MP3 + JPEG, before the speed issue and now, every option at its default"
+        " (bench/bench_prepare.py)",
+        bench_prepare.render(bench_prepare.measure(64 if q else 320, 32)),
+    )
+    print("8. estimate at scale ...", file=sys.stderr, flush=True)
+    estimate_args = [str(HERE / "bench_estimate.py"), "--rows", "1000" if q else "10000"] + ([] if q else ["--million"])
+    estimated = subprocess.run([sys.executable, *estimate_args], capture_output=True, text=True, check=True, cwd=ROOT)
+    section("8. batchqwen estimate on distinct files, before and now (bench/bench_estimate.py)", estimated.stdout)
 
     info = machine()
     command = ".venv/bin/python bench/run_all.py" + (" --quick" if q else "")
