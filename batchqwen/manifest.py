@@ -445,15 +445,14 @@ def _id_key(item_id: str) -> int:
     return int.from_bytes(digest, "little")
 
 
-def _colliding_rows(keys: array[int], rows: array[int], *, most: int = 50) -> list[list[int]]:
-    """Groups of row numbers whose id hashes are equal (numpy: 16 bytes a row, no id strings kept)."""
+def _colliding_keys(keys: array[int], *, most: int = 50) -> set[int]:
+    """The id hashes that occur more than once (numpy, sorted in place: 8 bytes a row, no ids kept)."""
     import numpy as np
 
     key_arr = np.frombuffer(keys, dtype=np.uint64)
-    row_arr = np.frombuffer(rows, dtype=np.uint64)
-    sorted_keys = np.sort(key_arr)
-    repeated = np.unique(sorted_keys[1:][sorted_keys[1:] == sorted_keys[:-1]])
-    return [sorted(int(r) for r in row_arr[key_arr == key]) for key in repeated[:most]]
+    key_arr.sort()  # in place: the hashes are not needed in row order
+    repeated = np.unique(key_arr[1:][key_arr[1:] == key_arr[:-1]])
+    return {int(key) for key in repeated[:most]}
 
 
 def _rows_list(rows: list[int]) -> str:
@@ -464,12 +463,11 @@ def _rows_list(rows: list[int]) -> str:
     return f"rows {shown}{more} and {rows[-1]}"
 
 
-def _duplicate_ids(path: Path, groups: list[list[int]]) -> list[tuple[str, list[int]]]:
-    """Second pass, only when hashes collide: the real ids of those rows, regrouped by id."""
-    wanted = {row for rows in groups for row in rows}
+def _duplicate_ids(path: Path, colliding: set[int]) -> list[tuple[str, list[int]]]:
+    """Second pass, only when hashes collide: the real ids of the rows with those hashes, by id."""
     by_id: dict[str, list[int]] = {}
-    for item in iter_items(path):
-        if item.row in wanted:
+    for item in iter_items(path, with_hash=False):
+        if _id_key(item.id) in colliding:
             by_id.setdefault(item.id, []).append(item.row)
     return [(item_id, rows) for item_id, rows in by_id.items() if len(rows) > 1]
 
@@ -487,7 +485,7 @@ def _duplicate_error(path: Path, duplicates: list[tuple[str, list[int]]]) -> Man
 def check_manifest(path: Path) -> ManifestSummary:
     """One streaming pass: raise ManifestError if the manifest is unusable as a whole, else summarise it.
 
-    Memory stays bounded: per row only a 64-bit id hash and the row number are kept.
+    Memory stays bounded: per row only a 64-bit id hash is kept.
     """
     path = Path(path)
     fmt = manifest_format(path)
@@ -495,7 +493,6 @@ def check_manifest(path: Path) -> ManifestSummary:
     # Every CSV/Parquet row carries all named columns; JSONL lines may differ, so take the union.
     seen_columns: dict[str, None] = {}
     keys: array[int] = array("Q")
-    rows: array[int] = array("Q")
     count = 0
     missing_count = 0
     missing_examples: list[tuple[int, Path]] = []
@@ -506,12 +503,11 @@ def check_manifest(path: Path) -> ManifestSummary:
     for number, raw in _iter_raw(path, fmt):
         if fmt == "jsonl" or not seen_columns:
             seen_columns.update(dict.fromkeys(raw))
-        item = _to_item(number, raw, base, f"{path.name}: {_where(fmt, number)}")
+        item = _to_item(number, raw, base, f"{path.name}: {_where(fmt, number)}", with_hash=False)
         if item is None:
             continue
         count += 1
         keys.append(_id_key(item.id))
-        rows.append(number)
         if not has_input(item):
             no_input_count += 1
             if len(no_input) < MAX_LISTED:
@@ -532,8 +528,8 @@ def check_manifest(path: Path) -> ManifestSummary:
         raise ManifestError(
             f"{path.name}: no input column: need at least one of audio, image, video, prompt (found: {found})"
         )
-    groups = _colliding_rows(keys, rows)
-    duplicates = _duplicate_ids(path, groups) if groups else []
+    colliding = _colliding_keys(keys)
+    duplicates = _duplicate_ids(path, colliding) if colliding else []
     if duplicates:
         raise _duplicate_error(path, duplicates)
     known = [c for c in KNOWN_COLUMNS if c in all_columns]
