@@ -406,9 +406,14 @@ class Journal:
                     view = view[written:]
                 os.fsync(self._fd)
             except OSError as exc:
-                # never leave half a record: cut the file back to where this line began
-                with contextlib.suppress(OSError):
+                # never leave half a record: cut the file back to where this line began; if even that
+                # fails, reopen next time so the torn line is sealed before another record follows
+                try:
                     os.ftruncate(self._fd, offset)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.close(self._fd)
+                    self._fd = None
                 raise OutputUnwritable(f"cannot write the journal {self.path}: {exc.strerror or exc}") from exc
         return offset
 

@@ -285,12 +285,14 @@ async def session(
         if to_breaker:
             assert breaker is not None
             limiter.release(reservation, tokens=0, cost=0.0)
+            was_open = breaker.is_open
             breaker.failure(results.redact(str(failure), secrets), host, probe=probe)
             attempts -= 1
-            unreachable += 1
+            if probe or was_open or breaker.is_open:
+                continue  # an outage: the breaker waits it out (or gives up), never the item
+            unreachable += 1  # an isolated failure while the service otherwise answers
             if unreachable < policy.max_connect_failures:
-                if not breaker.is_open:  # an isolated failure: a short pause, then again
-                    await asyncio.sleep(next(delays))
+                await asyncio.sleep(next(delays))
                 continue
         elif breaker is not None:
             breaker.success(probe=probe)  # the service answered, even if with a refusal
@@ -409,16 +411,21 @@ class EventLog:
     def __init__(self, path: Path, secrets: list[str]):
         self._file: TextIO = path.open("a", encoding="utf-8")
         self._secrets = secrets
+        self.failed = False
 
     def __call__(self, item_id: str, direction: str, event: dict[str, Any]) -> None:
         # the client hands over events already redacted (payloads elided)
         line = json.dumps(
             {"t": round(time.time(), 3), "item": item_id, "dir": direction, "event": event}, ensure_ascii=False
         )
-        self._file.write(results.redact(line, self._secrets) + "\n")
+        try:
+            self._file.write(results.redact(line, self._secrets) + "\n")
+        except OSError:
+            self.failed = True  # a debugging aid, best effort: a full disk stops the run through the journal
 
     def close(self) -> None:
-        self._file.close()
+        with contextlib.suppress(OSError):
+            self._file.close()
 
 
 class Progress:
@@ -705,9 +712,20 @@ async def _run_locked(
                     if item is None:
                         return
                     await ahead.put(await prepare(item, ctx, decoder=decoder))
+            except Exception as exc:  # not the item's (a decoder process that died, a bug): stop, say it
+                message = results.redact(f"{type(exc).__name__}: {exc}", secrets)
+                log.error("stopping the run: preparation failed: %s", message)
+                if not stop_reason:
+                    stop_reason.append(f"error: preparation failed: {message}")
+                stopping.set()  # no new item; what is in flight finishes; the rest stays pending
+                with contextlib.suppress(asyncio.QueueFull):
+                    for _ in range(config.concurrency):
+                        ahead.put_nowait(None)
             finally:
                 preparers_left[0] -= 1
-                if preparers_left[0] == 0 and not stopping.is_set():
+                task = asyncio.current_task()
+                cancelled = task is not None and task.cancelling() > 0
+                if preparers_left[0] == 0 and not stopping.is_set() and not cancelled:
                     for _ in range(config.concurrency):
                         await ahead.put(None)
 
