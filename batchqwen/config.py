@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from batchqwen.manifest import ManifestOptions
 from batchqwen.models import DEFAULT_MODEL, TEXT_AND_AUDIO
 from batchqwen.realtime.gateways import DEFAULT_REGION, gateway_url, normalize_region
+from batchqwen.storage.fetch import StorageOptions
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,11 @@ class RunConfig:
     quiet: bool = False
     log_file: Path | None = None
     progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
+    # storage: where the manifest came from and how it is read, how remote files are reached, remote OUT
+    manifest_options: ManifestOptions = field(default_factory=ManifestOptions)
+    storage: StorageOptions = field(default_factory=StorageOptions)
+    remote_out: str | None = None  # --out s3://bucket/prefix: ``out`` is then the local state directory
+    checkpoint_seconds: float = 30.0  # results.parquet rewritten (and a remote OUT synced) this often
 
     @property
     def resolved_region(self) -> str:

@@ -49,7 +49,7 @@ from batchqwen.cost import (
 )
 from batchqwen.errors import BatchQwenError
 from batchqwen.items import Item
-from batchqwen.manifest import RawRows, items_of, iter_raw_rows, validate_item
+from batchqwen.manifest import ManifestOptions, RawRows, items_of, iter_raw_rows, validate_item
 from batchqwen.media import (
     DEFAULT_MAX_VIDEO_FRAMES,
     fit_image_size,
@@ -59,6 +59,8 @@ from batchqwen.media import (
 )
 from batchqwen.plan import plan_item
 from batchqwen.realtime.gateways import normalize_region
+from batchqwen.storage.fetch import StorageOptions, shared_storage
+from batchqwen.storage.locations import Remote
 from batchqwen.tokens import text_tokens_exact
 
 ESTIMATE_FILE = "estimate.parquet"
@@ -196,6 +198,7 @@ class _Settings:
     max_video_frames: int
     target_language: str | None = None
     source_language: str | None = None
+    storage: StorageOptions | None = None  # how remote media are reached (None: the defaults)
 
 
 def estimate_item(
@@ -241,12 +244,22 @@ class ProbeCache:
         self._lock = threading.Lock()
         self.probes = 0  # probes actually run (files opened), for tests and the bench
 
-    def get(self, path: Path, probe: Callable[..., _T], **options: Any) -> _T:
+    def get(
+        self, path: Path | Remote, probe: Callable[..., _T], storage: StorageOptions | None = None, **options: Any
+    ) -> _T:
+        """What ``probe`` says of ``path``; a remote file is read by ranges (headers only), through
+        ``storage``'s clients."""
+        if isinstance(path, Remote):
+            key: tuple[Any, ...] = (probe.__name__, path.url, tuple(sorted(options.items())))
+            return self._cached(key, lambda: _probe_remote(path, probe, storage or StorageOptions(), options))
         try:
             stat = os.stat(path)
         except OSError:
             return probe(path, **options)  # the probe says what is wrong with it, in its own words
         key = (probe.__name__, str(path), stat.st_size, stat.st_mtime_ns, tuple(sorted(options.items())))
+        return self._cached(key, lambda: probe(path, **options))
+
+    def _cached(self, key: tuple[Any, ...], run: Callable[[], _T]) -> _T:
         with self._lock:
             entry = self._entries.get(key)
             owner = entry is None
@@ -259,13 +272,19 @@ class ProbeCache:
         if owner:
             self.probes += 1
             try:
-                entry.set_result(probe(path, **options))
+                entry.set_result(run())
             except BaseException as exc:
                 entry.set_exception(exc)
         return cast(_T, entry.result())
 
 
 _PROBES = ProbeCache()
+
+
+def _probe_remote(ref: Remote, probe: Callable[..., _T], storage: StorageOptions, options: dict[str, Any]) -> _T:
+    """``probe`` on a remote file opened for ranged reads: only the bytes the probe reads are fetched."""
+    with shared_storage(storage).open_ranged(ref) as handle:
+        return probe(handle, **options)
 
 
 def _estimate_rows(source: RawRows, rows: list[tuple[int, Any]], s: _Settings) -> list[RowEstimate]:
@@ -291,17 +310,18 @@ def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
         )
         model, model_name, modalities = plan.model, plan.model.name, plan.modalities
         validate_item(item)
-        audio_seconds = _PROBES.get(item.audio, probe_audio_seconds) if item.audio is not None else 0.0
+        store = s.storage
+        audio_seconds = _PROBES.get(item.audio, probe_audio_seconds, store) if item.audio is not None else 0.0
         sizes: list[tuple[int, int]] = []
         if item.video is not None:
-            video = _PROBES.get(item.video, probe_video, fps=plan.video_fps, max_frames=s.max_video_frames)
+            video = _PROBES.get(item.video, probe_video, store, fps=plan.video_fps, max_frames=s.max_video_frames)
             sizes.extend([video.frame_size] * len(video.frame_times))
             if item.audio is None:  # an audio file, when given, is the sound; the video gives frames only
                 audio_seconds = video.audio_seconds
         padded = 0.0
         if audio_seconds <= 0 and plan.pad_silence_seconds > 0:
             padded = audio_seconds = plan.pad_silence_seconds
-        sizes.extend(fit_image_size(*_PROBES.get(path, probe_image_size)) for path in item.images)
+        sizes.extend(fit_image_size(*_PROBES.get(path, probe_image_size, store)) for path in item.images)
         tokens = estimate_tokens(
             model,
             audio_seconds=audio_seconds,
@@ -379,6 +399,8 @@ def estimate_manifest(
     voice: str | None = None,
     target_language: str | None = None,
     source_language: str | None = None,
+    manifest_options: ManifestOptions | None = None,
+    storage: StorageOptions | None = None,
 ) -> EstimateReport:
     """Estimate tokens and cost of every row of the manifest at ``path``; no network access at all.
 
@@ -408,11 +430,12 @@ def estimate_manifest(
         max_video_frames,
         target_language,
         source_language,
+        storage,
     )
     writer = _RowWriter(out_dir / ESTIMATE_FILE) if out_dir is not None else None
     cores = os.cpu_count() or 1
     try:
-        source, raw_rows = iter_raw_rows(Path(path))
+        source, raw_rows = iter_raw_rows(Path(path), options=manifest_options)
         head = list(itertools.islice(raw_rows, PARALLEL_MIN_ROWS))
         if len(head) < PARALLEL_MIN_ROWS or cores < 2 or (limit is not None and limit < PARALLEL_MIN_ROWS):
             rows: Iterable[tuple[int, Any]] = itertools.chain(head, raw_rows)

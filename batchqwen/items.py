@@ -8,6 +8,7 @@ from typing import Any
 
 from batchqwen.models import ModelInfo
 from batchqwen.realtime.events import Usage
+from batchqwen.storage.locations import Remote
 
 INPUT_SAMPLE_RATE = 16_000
 INPUT_BYTES_PER_SECOND = INPUT_SAMPLE_RATE * 2  # PCM16 mono
@@ -16,13 +17,16 @@ CHUNK_BYTES = 3_200  # 100 ms of 16 kHz PCM16 mono, as the official samples send
 
 @dataclass(frozen=True)
 class Item:
-    """One manifest row, paths resolved against the manifest's folder; nothing decoded yet."""
+    """One manifest row, paths resolved against the manifest's folder; nothing decoded yet.
+
+    A media file is a local :class:`Path` or a :class:`Remote` (bucket or URL), fetched during preparation.
+    """
 
     id: str
     row: int  # 1-based data-row number in the manifest (header not counted)
-    audio: Path | None = None
-    images: tuple[Path, ...] = ()
-    video: Path | None = None
+    audio: Path | Remote | None = None
+    images: tuple[Path | Remote, ...] = ()
+    video: Path | Remote | None = None
     prompt: str | None = None
     instructions: str | None = None
     model: str | None = None
@@ -32,6 +36,7 @@ class Item:
     source_language: str | None = None  # translation models: the spoken language, when known
     passthrough: dict[str, Any] = field(default_factory=dict)  # unknown columns, copied to results
     content_hash: str = ""  # row content + file size/mtime: a changed item under the same id is noticed
+    refused: tuple[str, ...] = ()  # media the row may not name (a local file in a manifest from a bucket)
 
 
 @dataclass(frozen=True)

@@ -83,9 +83,22 @@ _QUICK_PROBE = {"probesize": "65536", "analyzeduration": "200000"}
 
 # --------------------------------------------------------------------------------------------- files
 
+#: what the probes read: a local file, or a file object open on one (a remote object read by ranges,
+#: :class:`batchqwen.storage.fetch.RemoteFile`, whose ``str()`` names it in messages)
+Source = Path | io.IOBase
 
-def _check_file(path: Path) -> None:
+
+def _wave_source(path: Source) -> Any:
+    if isinstance(path, Path):
+        return str(path)
+    path.seek(0)
+    return path
+
+
+def _check_file(path: Source) -> None:
     """Missing / not a regular file -> InputFileError; zero bytes -> MediaError."""
+    if not isinstance(path, Path):
+        return  # an open file: whoever opened it said what was wrong with it
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -98,11 +111,11 @@ def _check_file(path: Path) -> None:
         raise MediaError(f"file is empty: {path}")
 
 
-def _open_container(path: Path, what: str, *, quick: bool = False) -> Any:
+def _open_container(path: Source, what: str, *, quick: bool = False) -> Any:
     """av.open with typed errors. ``quick``: read only the headers (for probes that need no decoding)."""
     _check_file(path)
     try:
-        return av.open(str(path), mode="r", options=_QUICK_PROBE if quick else None)
+        return av.open(_wave_source(path), mode="r", options=_QUICK_PROBE if quick else None)
     except PermissionError as exc:
         raise InputFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
@@ -117,7 +130,7 @@ def _reason(exc: BaseException) -> str:
 # --------------------------------------------------------------------------------------------- audio
 
 
-def decode_audio(path: Path) -> bytes:
+def decode_audio(path: Source) -> bytes:
     """Decode the first audio stream of any file FFmpeg reads to PCM16LE mono 16 kHz.
 
     Raises InputFileError when the file is missing, MediaError when it is empty, corrupt, not audio,
@@ -126,7 +139,7 @@ def decode_audio(path: Path) -> bytes:
     header = _pcm_wav_header(path)
     if header is not None and header[1:] == (1, 2, INPUT_SAMPLE_RATE) and header[0] > 0:
         # already what the service takes: read the samples as they are, no decoder needed
-        with wave.open(str(path), "rb") as wav:
+        with wave.open(_wave_source(path), "rb") as wav:
             return wav.readframes(header[0])
     # headers only first (FFmpeg's full stream analysis costs ~30 ms on a WAV); the full analysis is
     # the fallback for containers whose audio stream shows up only later in the file
@@ -144,13 +157,14 @@ def decode_audio(path: Path) -> bytes:
     return pcm
 
 
-def _pcm_wav_header(path: Path) -> tuple[int, int, int, int] | None:
+def _pcm_wav_header(path: Source) -> tuple[int, int, int, int] | None:
     """(frames, channels, sample width, rate) of a plain PCM WAV read by the standard library in
     microseconds (FFmpeg's probe takes milliseconds on WAV); None for anything else, which FFmpeg handles."""
-    if path.suffix.lower() not in (".wav", ".wave"):
+    suffix = path.suffix if isinstance(path, Path) else Path(str(getattr(path, "name", ""))).suffix
+    if suffix.lower() not in (".wav", ".wave"):
         return None
     try:
-        with wave.open(str(path), "rb") as wav:
+        with wave.open(_wave_source(path), "rb") as wav:
             return wav.getnframes(), wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
     except (wave.Error, EOFError, OSError, ValueError):
         return None
@@ -167,7 +181,7 @@ def _pcm_of(frames: list[av.AudioFrame]) -> bytes:
     return b"".join(frame.to_ndarray().tobytes() for frame in frames)
 
 
-def _decode_audio_stream(container: Any, stream: Any, path: Path) -> Iterator[bytes]:
+def _decode_audio_stream(container: Any, stream: Any, path: Source) -> Iterator[bytes]:
     resampler = _new_resampler()
     try:
         for frame in container.decode(stream):
@@ -177,7 +191,7 @@ def _decode_audio_stream(container: Any, stream: Any, path: Path) -> Iterator[by
         raise MediaError(f"corrupt or unsupported audio: {path} ({_reason(exc)})") from None
 
 
-def probe_audio_seconds(path: Path) -> float:
+def probe_audio_seconds(path: Source) -> float:
     """Duration in seconds of the first audio stream, from container metadata (no decoding).
 
     Falls back to decoding only when the container states no duration. Same errors as decode_audio.
@@ -238,11 +252,11 @@ def fit_image_size(width: int, height: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _open_image(path: Path) -> Image.Image:
+def _open_image(path: Source) -> Image.Image:
     """Lazy Pillow open with the size guard; no pixels decoded yet."""
     _check_file(path)
     try:
-        image = Image.open(path)
+        image = Image.open(path if isinstance(path, Path) else _wave_source(path))
     except PermissionError as exc:
         raise InputFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -268,7 +282,7 @@ def _orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) else 1
 
 
-def probe_image_size(path: Path) -> tuple[int, int]:
+def probe_image_size(path: Source) -> tuple[int, int]:
     """Width and height after EXIF orientation, read from the header (no pixels decoded)."""
     with _open_image(path) as image:
         width, height = image.size
@@ -402,7 +416,7 @@ class VideoProbe:
     frame_size: tuple[int, int]  # the size frames are sent at (fit_frame_size of the video's size)
 
 
-def probe_video(path: Path, *, fps: float = 1.0, max_frames: int = DEFAULT_MAX_VIDEO_FRAMES) -> VideoProbe:
+def probe_video(path: Source, *, fps: float = 1.0, max_frames: int = DEFAULT_MAX_VIDEO_FRAMES) -> VideoProbe:
     """Duration, audio length, sampling moments and sent frame size of a video, without decoding."""
     for quick in (True, False):  # a container whose headers lack the frame size gets the full analysis
         with _open_container(path, "video", quick=quick) as container:
@@ -820,6 +834,10 @@ def prepare_item(
     pcm = b""
     frames: tuple[TimedImage, ...] = ()
     notes: tuple[str, ...] = ()
+    remote = [ref for ref in (item.audio, *item.images, item.video) if ref is not None and not isinstance(ref, Path)]
+    if remote:  # the runner fetches remote media before this (batchqwen.storage.fetch.localise)
+        raise MediaError(f"not fetched yet: {remote[0]}")
+    assert isinstance(item.audio, Path | None) and isinstance(item.video, Path | None)
     if item.audio is not None:
         pcm = decode_audio(item.audio)
     if item.video is not None:
@@ -841,6 +859,7 @@ def prepare_item(
     images = [
         prepare_image(path, at_seconds=at)
         for path, at in zip(item.images, image_times(len(item.images), audio_seconds), strict=True)
+        if isinstance(path, Path)
     ]
     ordered = sorted([*frames, *images], key=lambda image: image.at_seconds)  # stable: frames first on ties
     return PreparedInput(pcm16=pcm, images=tuple(ordered), padded_silence_seconds=padded, notes=notes)

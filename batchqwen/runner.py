@@ -52,6 +52,9 @@ from batchqwen.realtime.events import Usage
 from batchqwen.realtime.gateways import host_of
 from batchqwen.retry import backoff_delays, classify, is_connection_failure, is_throttling
 from batchqwen.runevents import RUN_EVENTS_NAME, RunEvents
+from batchqwen.storage import fetch
+from batchqwen.storage.locations import Remote
+from batchqwen.storage.outputs import RemoteOut
 
 log = logging.getLogger("batchqwen")
 
@@ -83,6 +86,8 @@ class ItemContext:
     output: cost.OutputAssumption
     out_dir: Path
     retry: RetryPolicy = field(default_factory=lambda: RetryPolicy())
+    cache: fetch.DownloadCache | None = None  # where remote media are downloaded before decoding
+    outputs: RemoteOut | None = None  # a remote OUT: each WAV is stored there before its item is done
 
 
 @dataclass
@@ -190,10 +195,13 @@ async def prepare(item: Item, ctx: ItemContext, *, decoder: Executor | None = No
         "target_language": plan.target_language,
         "notes": list(plan.notes),
     }
+    local = item  # remote media downloaded into the run's cache, held until decoded
     try:
+        if ctx.cache is not None and fetch.remote_refs(item):
+            local = await asyncio.to_thread(fetch.localise, item, ctx.cache)
         decode = functools.partial(
             media.prepare_item,
-            item,
+            local,
             video_fps=plan.video_fps,
             pad_silence_seconds=plan.pad_silence_seconds,
             video_frames=config.video_frames,
@@ -203,6 +211,9 @@ async def prepare(item: Item, ctx: ItemContext, *, decoder: Executor | None = No
         return results.failed_row(
             item, exc, attempts=0, secrets=secrets, started_at=started, finished_at=_now(), **chosen
         )
+    finally:
+        if local is not item and ctx.cache is not None:
+            fetch.release(item, ctx.cache)
     return ReadyItem(item, plan, prepared)
 
 
@@ -375,6 +386,8 @@ async def session(
             row.error_type, row.error_code = "output", None
             row.error_message = results.redact(f"cannot write the output WAV: {exc}", secrets)
         else:
+            if ctx.outputs is not None:  # stored in the remote OUT before the item counts as done
+                await asyncio.to_thread(ctx.outputs.store, wav_path)
             row.output_wav = results.relative_to_out(ctx.out_dir, wav_path)
             row.output_audio_seconds = round(len(result.output_pcm) / (2 * plan.model.output_sample_rate), 3)
     row.input_transcript = result.input_transcript
@@ -588,7 +601,7 @@ def _decoder_pool(processes: int) -> ProcessPoolExecutor | None:
 def _estimated_cost_already_done(config: RunConfig, done: results.JournalIndex) -> float:
     """The estimated cost of the items in scope that are already ok with unchanged content."""
     total = 0.0
-    for item in manifest.iter_items(config.manifest, limit=config.limit):
+    for item in manifest.iter_items(config.manifest, limit=config.limit, options=config.manifest_options):
         entry = done.entries.get(item.id)
         if entry is not None and not results.needs_run(item, entry.as_record()):
             total += entry.est_cost or 0.0
@@ -610,19 +623,30 @@ async def run(
     results.parquet is rewritten (atomically) while the run goes on.
     """
     started = time.monotonic()
-    summary_check = manifest.check_manifest(config.manifest)
+    summary_check = manifest.check_manifest(config.manifest, options=config.manifest_options)
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out, wait=config.wait_lock):
-        return await _run_locked(
-            config,
-            summary_check,
-            started,
-            retry=retry or RetryPolicy(),
-            window=window,
-            window_margin=window_margin,
-            checkpoint_seconds=checkpoint_seconds,
-        )
+        remote = None
+        if config.remote_out is not None:  # ``out`` is the local state directory of a bucket's OUT
+            remote = RemoteOut(
+                Remote(config.remote_out), out, fetch.shared_storage(config.storage), wait_lock=config.wait_lock
+            )
+            await asyncio.to_thread(remote.open)
+        try:
+            return await _run_locked(
+                config,
+                summary_check,
+                started,
+                retry=retry or RetryPolicy(),
+                window=window,
+                window_margin=window_margin,
+                checkpoint_seconds=checkpoint_seconds,
+                remote=remote,
+            )
+        finally:
+            if remote is not None:
+                await asyncio.to_thread(remote.close)
 
 
 async def _run_locked(
@@ -634,6 +658,7 @@ async def _run_locked(
     window: float,
     window_margin: float,
     checkpoint_seconds: float,
+    remote: RemoteOut | None = None,
 ) -> RunOutcome:
     out = config.out
     prices = cost.load_prices(config.prices)
@@ -669,6 +694,8 @@ async def _run_locked(
             voice=config.voice,
             target_language=config.translate_to,
             source_language=config.source_language,
+            manifest_options=config.manifest_options,
+            storage=config.storage,
         )
         # items of this manifest (and --limit) that will not run again: take their estimate off the total
         already = await asyncio.to_thread(_estimated_cost_already_done, config, done)
@@ -684,15 +711,23 @@ async def _run_locked(
 
     def checkpoint(on_row: Callable[[Mapping[str, Any]], None] | None = None) -> Path:
         return results.write_results(
-            out, manifest.iter_items(config.manifest), done, checked.passthrough_columns, on_row=on_row
+            out,
+            manifest.iter_items(config.manifest, options=config.manifest_options),
+            done,
+            checked.passthrough_columns,
+            on_row=on_row,
         )
 
     if done:  # a resumed run: results.parquet reflects the journal from the start
         await asyncio.to_thread(checkpoint)
+    cache = fetch.DownloadCache.for_run(fetch.shared_storage(config.storage))
 
     async with _endpoint(config) as (url, api_key):
-        ctx = ItemContext(config, client_settings(config, url, api_key), prices, output, out, retry)
-        items = _pending_items(manifest.iter_items(config.manifest, limit=config.limit), done, progress, counters)
+        ctx = ItemContext(
+            config, client_settings(config, url, api_key), prices, output, out, retry, cache=cache, outputs=remote
+        )
+        pending = manifest.iter_items(config.manifest, limit=config.limit, options=config.manifest_options)
+        items = _pending_items(pending, done, progress, counters)
         in_flight: set[asyncio.Task[results.ResultRow]] = set()
         stopping = asyncio.Event()
         # Preparation runs ahead of the sessions: a few preparers plan and decode items (in the decoder
@@ -889,6 +924,10 @@ async def _run_locked(
                 if time.monotonic() - last_checkpoint >= checkpoint_seconds and not all_done.done():
                     try:
                         await asyncio.to_thread(checkpoint)
+                        if remote is not None:
+                            await asyncio.to_thread(remote.checkpoint)
+                    except OutputUnwritable as exc:  # the remote OUT: an upload failed, or the lock was lost
+                        output_failed(exc)
                     except OSError as exc:
                         output_failed(OutputUnwritable(f"cannot write {out / 'results.parquet'}: {exc}"))
                     last_checkpoint = time.monotonic()
@@ -907,6 +946,7 @@ async def _run_locked(
             progress.close()
             breaker_summary = breaker.summary()
             journal.close()
+            cache.close()
             if event_log is not None:
                 event_log.close()
 
@@ -934,8 +974,9 @@ async def _run_locked(
     else:
         exit_code = EXIT_OK
     summary.update(
-        manifest=str(config.manifest),
-        out=str(out),
+        manifest=config.manifest_options.shown(config.manifest),
+        out=str(Remote(config.remote_out)) if config.remote_out else str(out),
+        **({"state_dir": str(out)} if config.remote_out else {}),
         model=config.model,
         simulate=config.simulate,
         items_in_manifest=checked.rows,
@@ -960,4 +1001,10 @@ async def _run_locked(
         results.write_summary(out, summary)
     except OSError as exc:  # the disk that stopped the run may not take the summary either: stderr has it
         log.error("cannot write %s: %s; the run ended with: %s", out / "summary.json", exc, reason)
+    if remote is not None:
+        try:
+            await asyncio.to_thread(remote.finish)  # every file the run leaves in the state directory
+        except OutputUnwritable as exc:
+            log.error("%s; the state directory %s keeps everything: rerun to store it", exc, out)
+            exit_code, reason = EXIT_ENVIRONMENT, f"environment: {exc}"
     return RunOutcome(exit_code, reason, summary, results_path)
