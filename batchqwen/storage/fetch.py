@@ -143,9 +143,9 @@ class _GuardedBackend(httpcore.SyncBackend):
             for address in addresses:
                 refusal = address_refusal(address)
                 if refusal is not None:
-                    raise MediaRefused(
-                        f"{host} resolves to {refusal}: URL media may not reach it (pass --allow-private-urls)"
-                    )
+                    literal = address == host.strip("[]")
+                    what = f"{address} is {refusal}" if literal else f"{host} resolves to {address}, {refusal}"
+                    raise MediaRefused(f"{what}, which URL media may not reach (pass --allow-private-urls)")
         last: Exception | None = None
         for address in addresses:  # connect to the address checked, not to the name again
             try:
@@ -272,9 +272,6 @@ class Storage:
                     if attempt.num > 1:
                         log.info("retrying %s (attempt %d)", ref, attempt.num)
                     written = self._download_once(ref, sink, size_known)
-        except (MediaRefused, InputFileError):
-            partial.unlink(missing_ok=True)
-            raise
         except Exception as exc:
             partial.unlink(missing_ok=True)
             raise self._failure(ref, exc) from None
@@ -311,8 +308,6 @@ class Storage:
             for attempt in _retrying(self.options):
                 with attempt:
                     return self._read_range_once(ref, start, length)
-        except (MediaRefused, InputFileError):
-            raise
         except Exception as exc:
             raise self._failure(ref, exc) from None
         raise AssertionError("unreachable")  # pragma: no cover
@@ -399,6 +394,8 @@ class Storage:
             raise InputFileError(f"{plain}: {ref}") from None
 
     def _failure(self, ref: Remote, exc: BaseException, *, verb: str = "read") -> Exception:
+        if isinstance(exc, MediaRefused) and str(ref) not in str(exc):
+            return MediaRefused(f"{ref} refused: {exc}")
         if isinstance(exc, MediaRefused | InputFileError | UsageError):
             return exc
         plain = _denied_or_missing(exc)

@@ -194,7 +194,8 @@ def resolve_media(given: str, base: Base) -> Path | Remote:
 
 
 def address_refusal(address: str) -> str | None:
-    """Why a connection to IP ``address`` is refused without ``--allow-private-urls``; None if it is global.
+    """Why a connection to IP ``address`` is refused without ``--allow-private-urls`` ("a loopback address",
+    ...); None for a global address.
 
     Loopback, link-local (the cloud metadata address 169.254.169.254), private, shared, reserved,
     documentation and multicast ranges are refused; IPv4 mapped into IPv6 is judged as IPv4.
@@ -202,21 +203,18 @@ def address_refusal(address: str) -> str | None:
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
-        return f"{address} is not an IP address"
+        return "not an IP address"
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     if ip.is_global and not ip.is_multicast:
         return None
-    kind = (
-        "a loopback"
-        if ip.is_loopback
-        else "a link-local (cloud metadata)"
-        if ip.is_link_local
-        else "a private"
-        if ip.is_private
-        else "a non-public"
-    )
-    return f"{ip} is {kind} address"
+    if ip.is_loopback:
+        return "a loopback address"
+    if ip.is_link_local:
+        return "a link-local (cloud metadata) address"
+    if ip.is_private:
+        return "a private address"
+    return "a non-public address"
 
 
 def is_ip_literal(host: str) -> bool:
