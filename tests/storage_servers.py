@@ -16,6 +16,7 @@ import http.server
 import json
 import socket
 import ssl
+import sys
 import threading
 import time
 import urllib.parse
@@ -28,6 +29,17 @@ import requests
 
 BUCKET = "media"
 DENIED_PREFIX = "forbidden/"
+
+#: hooks that see Python's audit events (file opens, socket connects) while a test has one in it
+AUDIT: list[Callable[[str, tuple[Any, ...]], None]] = []
+
+
+def _dispatch(event: str, args: tuple[Any, ...]) -> None:
+    for hook in list(AUDIT):
+        hook(event, args)
+
+
+sys.addaudithook(_dispatch)  # audit hooks cannot be removed: one dispatcher, hooks added per test
 
 
 class _Counting:

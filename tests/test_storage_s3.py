@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from media_factory import write_image
-from storage_servers import BUCKET, DENIED_PREFIX, S3Server
+from storage_servers import AUDIT, BUCKET, DENIED_PREFIX, S3Server
 
 from batchqwen.cli import main
 from batchqwen.errors import LockHeld, OutputUnwritable
@@ -274,7 +274,7 @@ def test_manifest_from_a_bucket_may_not_name_local_files_or_the_metadata_address
         elif event == "socket.connect" and len(args) > 1:
             connected.append(args[1])
 
-    _AUDIT.append(audit)
+    AUDIT.append(audit)
     try:
         out = tmp_path / "out"
         result = CliRunner().invoke(
@@ -286,7 +286,7 @@ def test_manifest_from_a_bucket_may_not_name_local_files_or_the_metadata_address
             ["estimate", "s3://media/job4/manifest.csv", "--out", str(tmp_path / "est"), "--s3-endpoint", s3.endpoint],
         )
     finally:
-        _AUDIT.remove(audit)
+        AUDIT.remove(audit)
     assert result.exit_code == 1, result.output
     rows = {r["id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
     assert rows["ok"]["status"] == "ok"
@@ -313,17 +313,6 @@ def test_manifest_from_a_bucket_may_not_name_local_files_or_the_metadata_address
     rows = {r["id"]: r for r in pq.read_table(tmp_path / "out2" / "results.parquet").to_pylist()}
     assert rows["file"]["status"] == "ok" and rows["passwd"]["error_type"] == "media"
     assert allowed.exit_code == 1
-
-
-_AUDIT: list[Any] = []
-
-
-def _dispatch(event: str, args: tuple[Any, ...]) -> None:
-    for hook in list(_AUDIT):
-        hook(event, args)
-
-
-sys.addaudithook(_dispatch)  # audit hooks cannot be removed: one dispatcher, hooks added per test
 
 
 def test_remote_lock_keeps_two_hosts_apart(s3: S3Server, aws_env: dict[str, str], tmp_path: Path) -> None:
