@@ -76,28 +76,43 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_BOTO_CLIENTS: dict[StorageOptions, Any] = {}
+
+
+def _boto3_client(options: StorageOptions) -> Any:
+    """One boto3 S3 client per options (making one reads the service model: a quarter of a second)."""
+    client = _BOTO_CLIENTS.get(options)
+    if client is None:
+        client = _BOTO_CLIENTS[options] = _new_boto3_client(options)
+    return client
+
+
+def _new_boto3_client(options: StorageOptions) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    endpoint = options.endpoint()
+    style = "virtual" if options.s3_virtual_hosted else ("path" if endpoint else "auto")
+    config = Config(
+        retries={"mode": "standard", "max_attempts": max(1, options.attempts)},
+        s3={"addressing_style": style},
+        connect_timeout=options.timeout,
+        read_timeout=options.timeout,
+    )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=options.region() or "us-east-1",
+        config=config,
+        verify=options.cafile() or None,
+    )
+
+
 class _S3Objects:
     """Conditional puts and deletes on one bucket through boto3 (pyarrow offers no preconditions)."""
 
     def __init__(self, options: StorageOptions) -> None:
-        import boto3
-        from botocore.config import Config
-
-        endpoint = options.endpoint()
-        style = "virtual" if options.s3_virtual_hosted else ("path" if endpoint else "auto")
-        config = Config(
-            retries={"mode": "standard", "max_attempts": max(1, options.attempts)},
-            s3={"addressing_style": style},
-            connect_timeout=options.timeout,
-            read_timeout=options.timeout,
-        )
-        self.client = boto3.session.Session().client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name=options.region() or "us-east-1",
-            config=config,
-            verify=options.cafile() or None,
-        )
+        self.client = _boto3_client(options)
 
     def get(self, ref: Remote) -> tuple[bytes, str] | None:
         from botocore.exceptions import ClientError
@@ -398,10 +413,13 @@ class RemoteOut:
 
 
 def download_out(out: Remote, storage: Storage, folder: Path, names: tuple[str, ...]) -> Path:
-    """The files ``names`` of remote OUT copied into ``folder`` (those that exist), for ``report``."""
+    """The files ``names`` of remote OUT copied into ``folder`` (those that exist; the first must), for
+    ``report``."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
+    for number, name in enumerate(names):
         ref = out.join(name)
         if storage.exists(ref):
             storage.download(ref, folder / name)
+        elif number == 0:
+            raise UsageError(f"no results in {out}: {name} not found (has a run finished there?)")
     return folder
