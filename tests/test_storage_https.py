@@ -170,6 +170,23 @@ def test_remote_estimate_equals_the_local_one(tmp_path: Path) -> None:
         media.close()
 
 
+def test_a_manifest_behind_a_url(server: MediaServer, tmp_path: Path) -> None:
+    """Its relative media come from its own folder on the site; a local path in it is refused."""
+    server.files["m.csv"] = b"id,audio\nnear,a.wav\nlocal,/etc/passwd\n"
+    out = str(tmp_path / "out")
+    result = CliRunner().invoke(
+        main,
+        ["run", f"{server.base}/jobs/m.csv?sig=secret-sig", "--simulate", "--out", out, "--ca-bundle",
+         str(server.ca_file), "--allow-private-urls"],
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    rows = _rows(Path(out))
+    assert rows["near"]["status"] == "ok" and server.hits["/jobs/a.wav"] == 1
+    assert rows["local"]["error_type"] == "refused"
+    assert f"the manifest comes from {server.base}/jobs/m.csv?…" in rows["local"]["error_message"]
+    assert "secret-sig" not in result.output
+
+
 def test_ssl_cert_file_is_honoured(server: MediaServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SSL_CERT_FILE", str(server.ca_file))
     storage = Storage(StorageOptions(allow_private_urls=True, attempts=1))

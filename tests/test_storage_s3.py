@@ -178,7 +178,7 @@ def test_kill_9_mid_run_and_rerun_equal_an_uninterrupted_run(
                 "--state-dir", str(state), "--concurrency", "2", "--checkpoint-seconds", "1",
                 "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
 
-    with SimulatorThread(SimulatorConfig(api_keys=(KEY,), latency_seconds=0.15)) as sim:
+    with SimulatorThread(SimulatorConfig(api_keys=(KEY,), latency_seconds=0.3)) as sim:
         whole = CliRunner().invoke(main, args("s3://media/whole", tmp_path / "s1", sim.url))
         assert whole.exit_code == 0, whole.output
         state = tmp_path / "s2"
@@ -186,6 +186,10 @@ def test_kill_9_mid_run_and_rerun_equal_an_uninterrupted_run(
         proc = subprocess.Popen(command, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             _wait_for_lines(state / "journal.jsonl", 5, timeout=60)
+            # another host on the same OUT meanwhile: kept out by the lock object, told who holds it
+            other = CliRunner().invoke(main, args("s3://media/killed", tmp_path / "other-host", sim.url))
+            assert other.exit_code == 2, other.output
+            assert "output s3://media/killed is in use by another batchqwen run (pid" in other.output
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.communicate(timeout=30)
@@ -283,7 +287,7 @@ def test_manifest_from_a_bucket_may_not_name_local_files_or_the_metadata_address
         )
         estimate = CliRunner().invoke(
             main,
-            ["estimate", "s3://media/job4/manifest.csv", "--out", str(tmp_path / "est"), "--s3-endpoint", s3.endpoint],
+            ["estimate", "s3://media/job4/manifest.csv", "--out", "s3://media/est4", "--s3-endpoint", s3.endpoint],
         )
     finally:
         AUDIT.remove(audit)
@@ -302,6 +306,8 @@ def test_manifest_from_a_bucket_may_not_name_local_files_or_the_metadata_address
     assert {rows[i]["error_type"] for i in ("passwd", "metadata", "home", "file")} == {"refused"}
     assert estimate.exit_code == 0, estimate.output
     assert estimate.output.count("refused") >= 4 and "link-local" in estimate.output
+    assert "per-item estimate in s3://media/est4/estimate.parquet" in estimate.output
+    assert pq.read_table(io.BytesIO(s3.get("est4/estimate.parquet"))).num_rows == 5
     assert not [p for p in opened if p in ("/etc/passwd", str(local)) or p.endswith(".aws/credentials")]
     assert not [a for a in connected if isinstance(a, tuple) and a[0] == "169.254.169.254"]
     # the user's own say-so lets a shared manifest name local files

@@ -26,6 +26,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -46,6 +47,8 @@ FIRST_READ_BYTES = 4_096  # a ranged read starts small (a WAV, PNG or JPEG heade
 MAX_READ_BYTES = 1 << 20  # ... and doubles while a probe keeps reading, up to this
 RANGED_CACHE_BYTES = 8 << 20  # what one open remote file keeps of what it read
 DOWNLOAD_CHUNK_BYTES = 1 << 20
+OBJECT_CHUNK_BYTES = 8 << 20  # one ranged GET per chunk of a bucket's object
+MAX_ROOM_WAIT_SECONDS = 30.0  # a download waits this long for room in the cache, then goes over its cap
 DEFAULT_CACHE_BYTES = 2 << 30  # --cache-size
 DEFAULT_ATTEMPTS = 5
 _TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -285,7 +288,7 @@ class Storage:
             try:
                 with fs.open_input_file(ref.fs_path) as source:
                     size_known(int(source.size()))
-                    while chunk := source.read(DOWNLOAD_CHUNK_BYTES):
+                    while chunk := source.read(OBJECT_CHUNK_BYTES):
                         sink.write(chunk)
                         written += len(chunk)
             except OSError as exc:
@@ -599,8 +602,7 @@ class DownloadCache:
                 ready = None
         if ready is not None:  # present, or another thread is downloading it
             ready.wait()
-            if entry.error is not None:
-                self.release(ref)
+            if entry.error is not None:  # that download failed (and its entry is gone): so does this one
                 raise entry.error
             return entry.path
         assert entry.ready is not None
@@ -625,11 +627,15 @@ class DownloadCache:
         return entry.path
 
     def _make_room(self, entry: _Entry, size: int) -> None:
+        deadline = time.monotonic() + MAX_ROOM_WAIT_SECONDS
         with self._room:
             while True:
                 self._evict_unused(size)
                 others_in_use = any(e.users and e is not entry and e.size for e in self._entries.values())
                 if self._reserved + size <= self.max_bytes or not others_in_use:
+                    break
+                if time.monotonic() >= deadline:  # items holding files while they wait for more: never a deadlock
+                    log.warning("the download cache goes over --cache-size for %s (%d bytes)", entry.path.name, size)
                     break
                 self._room.wait(timeout=1.0)
             entry.size = size

@@ -344,6 +344,7 @@ class RemoteOut:
         self.storage = storage
         self.lock = RemoteLock(out, storage, local, wait=wait_lock, stale_seconds=stale_seconds)
         self.uploaded: set[str] = set()  # names stored in OUT by this run (WAVs): not uploaded again
+        self._stamps: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) when last stored
 
     def open(self) -> None:
         """Take the lock object, then take OUT's journal if it is ahead of the local one."""
@@ -387,26 +388,35 @@ class RemoteOut:
         if remove:
             path.unlink(missing_ok=True)
 
+    def _store_if_changed(self, path: Path) -> None:
+        stat = path.stat()
+        stamp = (stat.st_size, stat.st_mtime_ns)
+        name = self._name(path)
+        if self._stamps.get(name) != stamp:
+            self.store(path, remove=False)
+            self._stamps[name] = stamp
+
     def checkpoint(self) -> None:
-        """Renew the lock and upload the journal, results.parquet and the event log."""
+        """Renew the lock and upload the journal, results.parquet and the event log (those changed since)."""
         self.lock.renew()
         for name in CHECKPOINT_FILES:
             path = self.local / name
             if path.is_file():
-                self.store(path, remove=False)
+                self._store_if_changed(path)
 
     def finish(self) -> None:
         """Upload every file left in the state directory (but the local lock and partial files)."""
         for path in sorted(self.local.rglob("*")):
             name = self._name(path)
-            if not path.is_file() or name == LOCAL_LOCK or path.name.startswith(".") or name in self.uploaded:
+            skip = name == LOCAL_LOCK or name in CHECKPOINT_FILES or name in self.uploaded
+            if skip or not path.is_file() or path.name.startswith("."):
                 continue
             remove = name.startswith("audio/")  # a WAV whose upload had failed earlier
             self.store(path, remove=remove)
-        for name in CHECKPOINT_FILES:  # the final versions, even if stored at a checkpoint before
+        for name in CHECKPOINT_FILES:  # the final versions, when changed since a checkpoint stored them
             path = self.local / name
             if path.is_file():
-                self.store(path, remove=False)
+                self._store_if_changed(path)
 
     def close(self) -> None:
         self.lock.release()
