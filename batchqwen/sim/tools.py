@@ -121,27 +121,35 @@ def arguments_json(arguments: Any) -> str:
 
 
 def violate(schema: Mapping[str, Any] | None, arguments: dict[str, Any], kind: str) -> Any:
-    """``arguments`` made to violate ``schema``: ``missing_argument`` drops the first required property
-    (without required ones it falls back to a wrong type); ``bad_argument_type`` gives the first property
-    (required ones first) a value of another JSON type; with no property at all the arguments become a
-    list, which is not an object."""
+    """``arguments`` made to violate ``schema``: ``missing_argument`` drops the first required property;
+    ``bad_argument_type`` gives the first property whose type is constrained (required ones first) a value
+    of another JSON type. Each falls back to the other when it has nothing to break, and with neither the
+    arguments become a list, which is not an object."""
     if kind not in ARGUMENT_FAULTS:
         raise ValueError(f"unknown argument fault {kind!r}; one of {', '.join(ARGUMENT_FAULTS)}")
     generator = _Generator(schema if isinstance(schema, Mapping) else {}, "")
     resolved = generator.resolve(generator.root)
     required = [key for key in resolved.get("required") or () if isinstance(key, str) and key in arguments]
-    if kind == "missing_argument" and required:
-        return {key: value for key, value in arguments.items() if key != required[0]}
     order = required + [key for key in arguments if key not in required]
-    if not order:
-        return []
-    key = order[0]
-    return {**arguments, key: _wrong_type(generator.resolve(_properties(resolved).get(key)), arguments[key])}
+    specs = {key: generator.resolve(_properties(resolved).get(key)) for key in order}
+    typed = [key for key in order if _allowed_types(specs[key]) or "enum" in specs[key] or "const" in specs[key]]
+    if required and (kind == "missing_argument" or not typed):
+        return {key: value for key, value in arguments.items() if key != required[0]}
+    if typed:
+        key = typed[0]
+        return {**arguments, key: _wrong_type(_allowed_types(specs[key]), arguments[key])}
+    return []
 
 
-def _wrong_type(spec: Mapping[str, Any], value: Any) -> Any:
-    """A value that the property's declared types (or the value's own type) do not allow."""
-    types = _types(spec) or [_json_type(value)]
+def _allowed_types(spec: Mapping[str, Any]) -> list[str]:
+    """The JSON types a resolved schema allows (every branch's; empty: any type)."""
+    branch_types = spec.get(BRANCH_TYPES)
+    return list(branch_types) if isinstance(branch_types, list) else _types(spec)
+
+
+def _wrong_type(types: list[str], value: Any) -> Any:
+    """A value of a JSON type outside ``types`` (outside the value's own type when none is declared)."""
+    types = types or [_json_type(value)]
     for candidate in ("not a number", 12345, True, ["not", "an", "object"], {"not": "a list"}):
         if _json_type(candidate) not in types and not (_json_type(candidate) == "integer" and "number" in types):
             return candidate
