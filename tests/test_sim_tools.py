@@ -12,6 +12,8 @@ import copy
 import datetime
 import ipaddress
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -649,3 +651,35 @@ def test_sdk_v2_sees_tools_refused_on_a_model_without_them(sdk_sim: SimulatorThr
         assert raised.value.code == "invalid_value" and "does not support tools" in str(raised.value)
         session.update_session(["text"], enable_turn_detection=False)  # the session is still usable
         assert receive_until(session, "session.updated")[-1]["session"]["tools"] == []
+
+
+def test_batchqwen_simulate_takes_the_tool_switches() -> None:
+    """``batchqwen simulate --tool-rounds 2 --sequential-tool-calls`` as a process, driven over its socket."""
+    command = [sys.executable, "-m", "batchqwen.cli", "simulate", "--port", "0", "--tool-rounds", "2"]
+
+    async def main(url: str) -> None:
+        async with connect(f"{url}?model={PLUS}", additional_headers={"Authorization": f"Bearer {KEY}"}) as ws:
+            await recv(ws)
+            tools = [tool("lookup", WEATHER), tool("log")]
+            await send(ws, "session.update", session={"turn_detection": None, "modalities": ["text"], "tools": tools})
+            await recv(ws)
+            await typed(ws, "lookup then log")
+            names = []
+            while True:
+                await send(ws, "response.create")
+                done = [e for e in await until(ws, "response.done") if e["type"].endswith("arguments.done")]
+                if not done:
+                    break
+                names += [d["name"] for d in done]
+                for call in done:
+                    await tool_output(ws, call["call_id"], "ok")
+            assert names == ["lookup", "log", "lookup", "log"]
+
+    with subprocess.Popen([*command, "--sequential-tool-calls"], stderr=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stderr is not None
+            line = process.stderr.readline()  # "batchqwen simulator listening on ws://127.0.0.1:PORT/...?model=MODEL"
+            run(lambda: main(line.split(" on ", 1)[1].split("?", 1)[0]))
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
