@@ -10,14 +10,15 @@ The arguments are a pure function of the schema and a seed text::
 Values (every declared property is present, in declaration order; required ones that are not declared are
 added as strings):
 
-- ``const`` as given; a ``default`` that has the declared type; else one of ``enum``; else by type;
+- ``const`` as given; a ``default`` that has a declared type (null too, for an optional property); else
+  one of ``enum``; else one of ``examples`` of the declared type; else by type;
 - ``integer`` / ``number``: within ``minimum`` / ``maximum`` (exclusive bounds too; 0..100 when open),
   a multiple of ``multipleOf``; numbers with at most two decimals;
 - ``boolean``: true or false; ``null``: null; a list of types takes the first that is not ``null``;
 - ``string``: a valid ``date``, ``date-time``, ``time``, ``email``, ``uri``, ``uuid``, ``hostname`` or
-  ``ipv4`` for those formats; one of ``examples`` when given; else the seed text on one line, clipped to
-  40 characters (the property's name when the seed is empty), cut to ``maxLength`` and padded with ``.``
-  to ``minLength``. ``pattern`` is not honoured (a value may not match it);
+  ``ipv4`` for those formats; else the seed text on one line, clipped to 40 characters (the property's
+  name when the seed is empty), cut to ``maxLength`` and padded with ``.`` to ``minLength``.
+  ``pattern`` is not honoured (a value may not match it);
 - ``array``: 1 to 3 items (within ``minItems`` / ``maxItems``; ``uniqueItems`` drops repeats),
   ``prefixItems`` / tuple ``items`` item by item;
 - ``object``: nested the same way; ``$ref`` to ``#/...`` (``$defs``, ``definitions``), ``allOf`` merged,
@@ -111,8 +112,7 @@ def arguments_for(schema: Mapping[str, Any] | None, seed_text: str) -> dict[str,
     ``seed_text``; ``{}`` for a schema that declares nothing (see the module docstring for the rules)."""
     if not isinstance(schema, Mapping):
         return {}
-    value = _Generator(schema, seed_text).object(schema, "", 0)
-    return value
+    return _Generator(schema, seed_text).object(schema, "", 0)
 
 
 def arguments_json(arguments: Any) -> str:
@@ -198,7 +198,7 @@ class _Generator:
 
     def resolve(self, spec: Any, depth: int = 0) -> dict[str, Any]:
         """``spec`` with ``$ref`` followed, ``allOf`` merged and ``anyOf`` / ``oneOf`` narrowed to a branch."""
-        if spec is True or not isinstance(spec, Mapping):
+        if depth > MAX_DEPTH or not isinstance(spec, Mapping):  # a cycle of $ref / anyOf: give up here
             return {}
         out = dict(spec)
         for _ in range(MAX_DEPTH):
@@ -503,7 +503,6 @@ class ToolTurn:
         """The calls of the turn's next response; empty once every round is done (the answer comes)."""
         if not self.tools:
             return []
-        per_response = len(self.tools) if self.policy.parallel else 1
         total = self.policy.rounds * (1 if self.policy.parallel else len(self.tools))
         if self.responses >= total:
             return []
@@ -512,7 +511,6 @@ class ToolTurn:
         else:
             chosen = [self.tools[self.responses % len(self.tools)]]
             round_number = self.responses // len(self.tools) + 1
-        assert len(chosen) == per_response
         self.responses += 1
         seed = round_seed(self.prompt, round_number)
         fault = self.policy.argument_fault
