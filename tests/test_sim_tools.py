@@ -226,6 +226,8 @@ def test_the_seed_picks_the_values() -> None:
     assert len(values) == 4
     assert arguments_for(None, "x") == {} and arguments_for({"type": "object"}, "x") == {}
     assert arguments_for({"required": ["id"]}, "") == {"id": "id"}  # undeclared but required: a string
+    cyclic = {"$defs": {"A": {"anyOf": [{"$ref": "#/$defs/A"}]}}, "properties": {"x": {"$ref": "#/$defs/A"}}}
+    assert arguments_for(cyclic, "s") == {"x": "s"}  # a reference cycle stops at the depth limit
 
 
 def test_the_faults_spelled_out() -> None:
