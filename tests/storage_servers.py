@@ -50,6 +50,8 @@ class _Counting:
         self.requests: Counter[str] = Counter()
         self.bytes: Counter[str] = Counter()
         self.methods: Counter[str] = Counter()
+        #: (method, path fragment) -> requests to answer 503 SlowDown (a store's hiccup)
+        self.fail_next: Counter[tuple[str, str]] = Counter()
         self.lock = threading.Lock()
 
     def reset(self) -> None:
@@ -60,9 +62,24 @@ class _Counting:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
         path = urllib.parse.unquote(environ.get("PATH_INFO", ""))
+        if path == "/__counts":  # for a server in another process (the benchmark): totals, then reset
+            with self.lock:
+                body = json.dumps({"requests": sum(self.requests.values()), "bytes": sum(self.bytes.values())})
+            self.reset()
+            start_response("200 OK", [("Content-Type", "application/json")])
+            yield body.encode()
+            return
+        method = environ.get("REQUEST_METHOD", "")
         with self.lock:
             self.requests[path] += 1
-            self.methods[environ.get("REQUEST_METHOD", "")] += 1
+            self.methods[method] += 1
+            failing = next((k for k, n in self.fail_next.items() if n > 0 and k[0] == method and k[1] in path), None)
+            if failing:
+                self.fail_next[failing] -= 1
+        if failing:
+            start_response("503 Slow Down", [("Content-Type", "application/xml")])
+            yield b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            return
         for chunk in self.app(environ, start_response):
             with self.lock:
                 self.bytes[path] += len(chunk)
@@ -151,6 +168,11 @@ class S3Server:
     def keys_under(self, prefix: str, bucket: str = BUCKET) -> list[str]:
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
+
+    def counts(self) -> dict[str, int]:
+        """Requests and bytes since the last call (also from another process: GET /__counts)."""
+        answer: dict[str, int] = requests.get(f"{self.endpoint}/__counts", timeout=10).json()
+        return answer
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -247,3 +269,16 @@ class MediaServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(timeout=5)
+
+
+def serve_s3() -> None:
+    """``python tests/storage_servers.py``: an S3Server in this process; prints endpoint and keys as JSON."""
+    server = S3Server()
+    print(json.dumps({"endpoint": server.endpoint, **server.keys}), flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        threading.Event().wait()
+    server.close()
+
+
+if __name__ == "__main__":
+    serve_s3()

@@ -156,6 +156,34 @@ def test_missing_and_forbidden_objects_are_row_errors(s3: S3Server, aws_env: dic
     _no_secrets(blobs | {"log": log_file.read_bytes(), "output": result.output.encode()}, s3.keys)
 
 
+def test_failed_uploads_are_retried_and_an_item_is_never_done_before_its_wav_is_stored(
+    s3: S3Server, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    s3.put("job5/a.wav", wav_bytes(1.0))
+    s3.put("job5/b.wav", wav_bytes(1.2, tone=500))
+    s3.put("job5/manifest.csv", _manifest([("a", "a.wav"), ("b", "b.wav")]))
+    base = ["run", "s3://media/job5/manifest.csv", "--simulate", "--s3-endpoint", s3.endpoint, "--concurrency", "1"]
+    s3.counting.fail_next["PUT", "/out5/audio/"] = 3  # the store refuses the next three WAVs with 503 SlowDown
+    flaky = CliRunner().invoke(main, [*base, "--out", "s3://media/out5", "--state-dir", str(tmp_path / "s1")])
+    assert flaky.exit_code == 0, flaky.output
+    assert s3.counting.fail_next["PUT", "/out5/audio/"] == 0  # all three were met, and retried
+    assert {r["status"] for r in _bucket_results(s3, "out5").values()} == {"ok"}
+    assert s3.get("out5/audio/a.wav")[:4] == s3.get("out5/audio/b.wav")[:4] == b"RIFF"
+    # a store that keeps refusing: the run stops (exit 4) and no item counts as done without its WAV
+    s3.counting.fail_next["PUT", "/out6/audio/"] = 10_000
+    state = tmp_path / "s2"
+    try:
+        down = CliRunner().invoke(
+            main, [*base, "--out", "s3://media/out6", "--state-dir", str(state), "--fetch-attempts", "1"]
+        )
+    finally:
+        s3.counting.fail_next.clear()
+    assert down.exit_code == 4, down.output
+    journal = state / "journal.jsonl"
+    assert not journal.exists() or not [line for line in journal.read_text().splitlines() if '"ok"' in line]
+    assert "cannot store s3://media/out6/audio/" in down.output
+
+
 def _wait_for_lines(path: Path, lines: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

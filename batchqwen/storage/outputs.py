@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from batchqwen.errors import FetchFailed, InputFileError, LockHeld, OutputUnwritable, UsageError
-from batchqwen.storage.fetch import Storage, StorageOptions
+from batchqwen.storage.fetch import Storage, StorageOptions, boto3_client
 from batchqwen.storage.locations import Remote, display_url
 
 log = logging.getLogger("batchqwen")
@@ -76,43 +76,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-_BOTO_CLIENTS: dict[StorageOptions, Any] = {}
-
-
-def _boto3_client(options: StorageOptions) -> Any:
-    """One boto3 S3 client per options (making one reads the service model: a quarter of a second)."""
-    client = _BOTO_CLIENTS.get(options)
-    if client is None:
-        client = _BOTO_CLIENTS[options] = _new_boto3_client(options)
-    return client
-
-
-def _new_boto3_client(options: StorageOptions) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    endpoint = options.endpoint()
-    style = "virtual" if options.s3_virtual_hosted else ("path" if endpoint else "auto")
-    config = Config(
-        retries={"mode": "standard", "max_attempts": max(1, options.attempts)},
-        s3={"addressing_style": style},
-        connect_timeout=options.timeout,
-        read_timeout=options.timeout,
-    )
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=options.region() or "us-east-1",
-        config=config,
-        verify=options.cafile() or None,
-    )
-
-
 class _S3Objects:
     """Conditional puts and deletes on one bucket through boto3 (pyarrow offers no preconditions)."""
 
     def __init__(self, options: StorageOptions) -> None:
-        self.client = _boto3_client(options)
+        self.client = boto3_client(options)
 
     def get(self, ref: Remote) -> tuple[bytes, str] | None:
         from botocore.exceptions import ClientError
