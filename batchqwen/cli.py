@@ -148,9 +148,11 @@ def _storage_options(func: Any) -> Any:
         ),
         click.option(
             "--delimiter",
-            type=click.Choice([",", ";", "tab", "|"]),
             default=None,
-            help="CSV delimiter (default: detected from the header: comma, semicolon or tab).",
+            metavar="DELIM",
+            callback=lambda ctx, param, value: _delimiter(value),
+            help="CSV delimiter: comma, semicolon, tab, pipe or one character (default: detected from the header:"
+            " comma, semicolon or tab).",
         ),
         click.option(
             "--cache-dir",
@@ -184,6 +186,15 @@ def _storage_options(func: Any) -> Any:
     return func
 
 
+def _delimiter(value: str | None) -> str | None:
+    if value is None:
+        return None
+    named = {"comma": ",", "semicolon": ";", "tab": "\t", "pipe": "|", "\\t": "\t"}.get(value.strip().lower(), value)
+    if len(named) != 1 or named in "\"\r\n":
+        raise click.BadParameter(f"{value!r} is not comma, semicolon, tab, pipe or a single character")
+    return named
+
+
 def _storage_config(options: dict[str, Any]) -> Any:
     from batchqwen.storage.fetch import StorageOptions, parse_size
 
@@ -207,7 +218,7 @@ def _open_manifest(text: str, storage: Any, options: dict[str, Any], folder: Pat
     from batchqwen.storage.fetch import fetch_manifest
     from batchqwen.storage.locations import Remote, parse_location
 
-    delimiter = {"tab": "\t"}.get(options["delimiter"], options["delimiter"])
+    delimiter = options["delimiter"]
     where = parse_location(text)
     if isinstance(where, Remote):
         local = fetch_manifest(where, folder, storage)

@@ -137,6 +137,12 @@ def main() -> None:
     estimate_args = [str(HERE / "bench_estimate.py"), "--rows", "1000" if q else "10000"] + ([] if q else ["--million"])
     estimated = subprocess.run([sys.executable, *estimate_args], capture_output=True, text=True, check=True, cwd=ROOT)
     section("8. batchqwen estimate on distinct files, before and now (bench/bench_estimate.py)", estimated.stdout)
+    print("9. media and outputs in a bucket ...", file=sys.stderr, flush=True)
+    storage_args = [str(HERE / "bench_storage.py")] + (["--quick"] if q else [])
+    stored = subprocess.run([sys.executable, *storage_args], capture_output=True, text=True, check=True, cwd=ROOT)
+    section(
+        "9. Media and outputs in a bucket (moto's S3 server) vs on local disk (bench/bench_storage.py)", stored.stdout
+    )
 
     info = machine()
     command = ".venv/bin/python bench/run_all.py" + (" --quick" if q else "")

@@ -129,6 +129,13 @@ def test_display_url_hides_credentials_and_signatures() -> None:
     assert display_url(url) == "https://host.example:8443/a/b.wav?…"
     assert str(Remote(url)) == "https://host.example:8443/a/b.wav?…"
     assert Remote(url).suffix == ".wav"
+    raw = Remote("s3://bucket/dir/a b%20c?.wav")  # bucket keys are taken as written, not URL-decoded
+    assert (raw.host, raw.key, raw.fs_path, str(raw)) == (
+        "bucket",
+        "dir/a b%20c?.wav",
+        "bucket/dir/a b%20c?.wav",
+        "s3://bucket/dir/a b%20c?.wav",
+    )
 
 
 def test_media_of_a_local_manifest_resolve_as_before(tmp_path: Path) -> None:

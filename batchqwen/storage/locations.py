@@ -42,7 +42,12 @@ def _scheme(text: str) -> str:
 
 
 def display_url(url: str) -> str:
-    """``url`` as messages show it: without credentials, query string (signatures) or fragment."""
+    """``url`` as messages show it: without credentials, query string (signatures) or fragment. A bucket
+    URI is shown as written (its key may hold ``?`` or ``#``), without anything before an ``@``."""
+    if _scheme(url) in OBJECT_SCHEMES:
+        scheme, _, rest = url.partition("://")
+        authority, slash, key = rest.partition("/")
+        return f"{scheme.lower()}://{authority.rpartition('@')[2]}{slash}{key}"
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""
     if ":" in host:
@@ -70,11 +75,16 @@ class Remote:
     @property
     def host(self) -> str:
         """The bucket of ``s3://``/``gs://``, the host name of a URL."""
+        if self.is_object:
+            return self.url.partition("://")[2].partition("/")[0]
         return urllib.parse.urlsplit(self.url).hostname or ""
 
     @property
     def key(self) -> str:
-        """The object key (``s3://b/dir/a.wav`` -> ``dir/a.wav``), or the URL's path without its slash."""
+        """The object key as written (``s3://b/dir/a b.wav`` -> ``dir/a b.wav``: bucket URIs are not
+        percent-encoded), or a URL's path, decoded, without its leading slash."""
+        if self.is_object:
+            return self.url.partition("://")[2].partition("/")[2]
         return urllib.parse.unquote(urllib.parse.urlsplit(self.url).path).lstrip("/")
 
     @property
@@ -102,7 +112,7 @@ class Remote:
             if key.startswith("../") or key == "..":
                 key = key.lstrip("./")  # above the bucket's root there is nothing: stay in the bucket
             return Remote(f"{self.scheme}://{self.host}/{key}")
-        return Remote(urllib.parse.urljoin(self.url, urllib.parse.quote(relative, safe="/%:@&=+$,;~!*'()")))
+        return Remote(urllib.parse.urljoin(self.url, urllib.parse.quote(relative, safe="/%:@&=+$,;~!*'()?")))
 
     def join(self, name: str) -> Remote:
         """The file ``name`` inside this location taken as a folder (``s3://b/out`` + ``audio/a.wav``)."""
