@@ -190,7 +190,7 @@ def _delimiter(value: str | None) -> str | None:
     if value is None:
         return None
     named = {"comma": ",", "semicolon": ";", "tab": "\t", "pipe": "|", "\\t": "\t"}.get(value.strip().lower(), value)
-    if len(named) != 1 or named in "\"\r\n":
+    if len(named) != 1 or named in '"\r\n':
         raise click.BadParameter(f"{value!r} is not comma, semicolon, tab, pipe or a single character")
     return named
 
