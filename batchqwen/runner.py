@@ -750,6 +750,9 @@ async def _run_locked(
             except Exception as exc:  # not the item's (a decoder process that died, a bug): stop, say it
                 message = results.redact(f"{type(exc).__name__}: {exc}", secrets)
                 log.error("stopping the run: preparation failed: %s", message)
+                if not stop_reason and isinstance(exc, OutputUnwritable):  # the download cache's disk is full
+                    stop_reason.append(f"environment: {results.redact(str(exc), secrets)}")
+                    environment_failed.append(stop_reason[0])
                 if not stop_reason:
                     stop_reason.append(f"error: preparation failed: {message}")
                 stopping.set()  # no new item; what is in flight finishes; the rest stays pending

@@ -18,7 +18,9 @@ credential, a signed query string or a token.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import errno
 import hashlib
 import io
 import logging
@@ -37,7 +39,7 @@ import httpcore
 import httpx
 import stamina
 
-from batchqwen.errors import FetchFailed, InputFileError, MediaRefused, UsageError
+from batchqwen.errors import FetchFailed, InputFileError, MediaRefused, OutputUnwritable, UsageError
 from batchqwen.items import Item
 from batchqwen.storage.locations import Remote, address_refusal, display_url
 
@@ -52,6 +54,7 @@ MAX_ROOM_WAIT_SECONDS = 30.0  # a download waits this long for room in the cache
 DEFAULT_CACHE_BYTES = 2 << 30  # --cache-size
 DEFAULT_ATTEMPTS = 5
 _TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})  # as results.DISK_FULL_ERRNOS
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,8 @@ class _TransientStatus(Exception):
 def _is_transient(exc: Exception) -> bool:
     if isinstance(exc, MediaRefused | InputFileError):
         return False
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        return False  # our disk, not the network
     if isinstance(exc, _TransientStatus | httpx.TransportError):
         return not isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL)
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError | PermissionError):
@@ -275,6 +280,11 @@ class Storage:
                     if attempt.num > 1:
                         log.info("retrying %s (attempt %d)", ref, attempt.num)
                     written = self._download_once(ref, sink, size_known)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            if exc.errno in DISK_FULL_ERRNOS:  # the local disk, not the file: the run must stop
+                raise OutputUnwritable(f"cannot download {ref} into {target.parent}: {exc.strerror}") from None
+            raise self._failure(ref, exc) from None
         except Exception as exc:
             partial.unlink(missing_ok=True)
             raise self._failure(ref, exc) from None
@@ -416,12 +426,22 @@ _SHARED_LOCK = threading.Lock()
 
 
 def shared_storage(options: StorageOptions) -> Storage:
-    """One :class:`Storage` per options in this process (its clients keep their connections)."""
+    """One :class:`Storage` per options in this process (its clients keep their connections; they are
+    closed when the process exits)."""
     with _SHARED_LOCK:
+        if not _SHARED:
+            atexit.register(_close_shared)
         storage = _SHARED.get(options)
         if storage is None:
             storage = _SHARED[options] = Storage(options)
         return storage
+
+
+def _close_shared() -> None:
+    with _SHARED_LOCK:
+        for storage in _SHARED.values():
+            storage.close()
+        _SHARED.clear()
 
 
 _BOTO3_CLIENTS: dict[StorageOptions, Any] = {}
