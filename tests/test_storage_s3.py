@@ -184,6 +184,31 @@ def test_failed_uploads_are_retried_and_an_item_is_never_done_before_its_wav_is_
     assert "cannot store s3://media/out6/audio/" in down.output
 
 
+def test_a_full_cache_disk_stops_the_run_with_the_environment_code(
+    s3: S3Server, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The download cache on a 1 MB tmpfs (needs root, as on CI) and a file larger than it."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        s3.put("job6/big.wav", wav_bytes(40.0))  # 1.28 MB
+        s3.put("job6/manifest.csv", _manifest([("big", "big.wav")]))
+        out = tmp_path / "out"
+        result = CliRunner().invoke(
+            main,
+            ["run", "s3://media/job6/manifest.csv", "--simulate", "--out", str(out), "--s3-endpoint", s3.endpoint,
+             "--cache-dir", str(disk)],
+        )  # fmt: skip
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    assert result.exit_code == 4, result.output
+    assert "No space left on device" in result.output
+    assert [r["status"] for r in pq.read_table(out / "results.parquet").to_pylist()] == ["pending"]
+
+
 def _wait_for_lines(path: Path, lines: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
