@@ -103,7 +103,7 @@ def header_lines(data: analysis.RunData) -> list[str]:
     limits = s.get("limits") or {}
     rpm, tpm = limits.get("rpm"), limits.get("tpm")
     return [
-        f"exit {s.get('exit_code', 'unknown')}: {s.get('exit_reason') or 'unknown'}",
+        f"exit {analysis.exit_text(s)}",
         f"ran {when}, {float(s.get('duration_seconds') or 0.0):,.1f} s"
         + (" (simulated)" if s.get("simulate") else ""),
         f"model {s.get('model') or 'unknown'}; region {s.get('region') or 'unknown'};"

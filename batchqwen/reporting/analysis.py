@@ -18,6 +18,16 @@ from batchqwen.estimate import ESTIMATE_SUMMARY
 from batchqwen.results import RESULTS_NAME, STATUS_FAILED, STATUS_OK, STATUSES, SUMMARY_NAME
 from batchqwen.runevents import read_run_events
 
+#: what each exit code of a run means (batchqwen/exitcodes.py), for the reports' first line
+EXIT_MEANINGS = {
+    0: "every item ok",
+    1: "finished, some items failed",
+    2: "usage or configuration error",
+    3: "aborted",
+    4: "the environment failed",
+    130: "interrupted (SIGINT)",
+    143: "interrupted (SIGTERM)",
+}
 FAILURE_EXAMPLES = 3  # ids shown per error type; the rest are in results.parquet
 LATENCY_COLUMNS = ("connect_seconds", "first_audio_seconds", "total_seconds")
 
@@ -109,7 +119,7 @@ def failure_lines(out: Path, groups: list[FailureGroup], total: int) -> list[str
     """Failed items for people: per error type the count, then the first few ids with their messages."""
     if not groups:
         return []
-    lines = [f"{total:,} failed items by error type:"]
+    lines = [f"{total:,} failed items, by error type"]
     for group in groups:
         lines.append(f"  {group.error_type}: {group.count:,}")
         for item_id, row, code, message in group.examples:
@@ -222,3 +232,12 @@ def pauses(events: list[dict[str, Any]]) -> list[tuple[str, pd.Timestamp, float]
         last = max((s for s in (_timestamp(e.get("t")) for e in events) if s is not None), default=opened)
         spans.append(("outage pause", opened, (last - opened).total_seconds()))
     return spans
+
+
+def exit_text(summary: dict[str, Any]) -> str:
+    """``1 (finished, some items failed): completed``; says so when the run recorded no exit."""
+    if "exit_code" not in summary:
+        return "unknown (no summary.json: the run was stopped before it wrote one)"
+    code = summary["exit_code"]
+    meaning = EXIT_MEANINGS.get(code, "see batchqwen/exitcodes.py")
+    return f"{code} ({meaning}): {summary.get('exit_reason') or 'no reason recorded'}"

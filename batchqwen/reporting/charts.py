@@ -122,7 +122,8 @@ def throughput_chart(per_minute: pd.Series, rpm: int | None, spans: list[tuple[s
     if per_minute.empty:
         _empty(ax, "no item finished in this run")
     else:
-        ax.bar(per_minute.index + 0.5, per_minute.to_numpy(), width=0.9, color="#26a69a", label="items finished")
+        edges = list(range(len(per_minute) + 1))  # one path however long the run: stairs, not a bar a minute
+        ax.stairs(per_minute.to_numpy(), edges, fill=True, color="#26a69a", label="items finished")
         if rpm:
             ax.axhline(rpm, color="#c62828", linestyle="--", linewidth=1, label=f"RPM limit ({rpm:,})")
         colours = {"throttle cool-down": "#ffb74d", "outage pause": "#e57373"}

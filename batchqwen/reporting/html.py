@@ -7,8 +7,8 @@ shared; ``embed_audio`` puts the WAVs (and thumbnails) inside instead, up to ``M
 
 The items travel as compact JSON in a ``<script type="application/json">`` (a list of rows, strings
 shared through small lookup tables); the page draws one page of rows at a time, so 100,000 items open
-quickly. To keep the file under ``TEXT_BUDGET_CHARS`` of text, long transcripts are clipped only when the
-whole run's text would not fit (the page says so; ``results.parquet`` keeps everything).
+quickly. To keep the file under 15 MB, its texts get ``TEXT_BUDGET_BYTES``: long ones are clipped only when
+the whole run's text would not fit (the page says so; ``results.parquet`` keeps everything).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ THUMBS_DIR = "thumbs"
 THUMB_PX = 96
 MAX_THUMBNAILS = 5_000  # distinct images thumbnailed per report (made once, reused by later reports)
 MAX_EMBED_BYTES = 50 * 1024 * 1024  # --embed-audio refuses WAVs (and thumbnails) beyond this in total
-TEXT_BUDGET_CHARS = 9_000_000  # transcripts and answers in the file; beyond it each text is clipped
+TEXT_BUDGET_BYTES = 8_000_000  # errors, transcripts, answers in the file (UTF-8); beyond it texts are clipped
 
 
 @dataclass(frozen=True)
@@ -166,16 +166,22 @@ def thumbnails(out: Path, data: analysis.RunData, links: Links) -> dict[str, lis
     made = _existing(folder)
     by_id: dict[str, list[str]] = {}
     done: dict[str, str | None] = {}  # source key -> thumbnail name (None: could not be read)
+    keys: dict[Path, str | None] = {}  # image path -> source key (None: gone)
     try:
         items: Iterable[Any] = iter_items(Path(manifest), with_hash=False)
         for item in items:
             names = []
             for image in item.images:
-                try:
-                    stat = image.stat()
-                except OSError:
+                if image not in keys:
+                    try:
+                        stat = image.stat()
+                    except OSError:
+                        keys[image] = None
+                        continue
+                    keys[image] = hashlib.sha1(f"{image}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:20]
+                key = keys[image]
+                if key is None:
                     continue
-                key = hashlib.sha1(f"{image}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:20]
                 if key not in done:
                     name = f"{key}.jpg"
                     if name not in made and len(done) < MAX_THUMBNAILS:
@@ -246,11 +252,14 @@ def _clip_length(lengths: np.ndarray[Any, Any], budget: int) -> int | None:
 
 
 def item_rows(frame: pd.DataFrame, links: Links, thumbs: dict[str, list[str]]) -> tuple[dict[str, Any], int | None]:
-    """The items as the page's JSON: lookup tables for status and model, then one short list per item."""
+    """The items as the page's JSON: lookup tables (statuses, models, thumbnails), then one short list per
+    item. A WAV at its usual place (``audio/<id>.wav``) is written as 1 and the page spells the path."""
     statuses = sorted(frame["status"].fillna("pending").unique().tolist())
     models = sorted(frame["model"].fillna("").unique().tolist())
     status_index = {s: i for i, s in enumerate(statuses)}
     model_index = {m: i for i, m in enumerate(models)}
+    thumb_links = sorted({link for names in thumbs.values() for link in names})
+    thumb_index = {link: i for i, link in enumerate(thumb_links)}
     errors = []
     for kind, code, message in zip(frame["error_type"], frame["error_code"], frame["error_message"], strict=True):
         if not isinstance(kind, str):
@@ -264,39 +273,46 @@ def item_rows(frame: pd.DataFrame, links: Links, thumbs: dict[str, list[str]]) -
     inputs = _texts(frame["input_transcript"])
     utterances = [_utterances(v) for v in frame["utterances"].tolist()]
     tools = [_tool_calls(v) for v in frame["tool_calls"].tolist()] if "tool_calls" in frame else [""] * len(frame)
-    lengths = np.array([len(a) + len(i) + len(u) + len(t) for a, i, u, t in zip(answers, inputs, utterances, tools,
-                                                                               strict=True)], dtype=np.int64)  # fmt: skip
-    clip = _clip_length(lengths, TEXT_BUDGET_CHARS)
+    texts = (errors, inputs, answers, utterances, tools)
+    sizes = np.array([len(text.encode()) for column in texts for text in column], dtype=np.int64)
+    clip = _clip_length(sizes, TEXT_BUDGET_BYTES)
 
     def cut(text: str) -> str:
-        return text if clip is None or len(text) <= clip else text[: clip - 1] + "…"
+        if clip is None or len(text) <= clip // 4:  # at most 4 bytes a character
+            return text
+        raw = text.encode()
+        return text if len(raw) <= clip else raw[: clip - 3].decode("utf-8", "ignore") + "…"
 
     audio_files = _existing(links.out / "audio")
     rows = []
-    for index, r in enumerate(frame.itertuples(index=False)):
-        wav = r.output_wav if isinstance(r.output_wav, str) else ""
+    columns = ["id", "status", "model", "output_wav", "cost", "total_seconds"]
+    for index, (item_id, status, model, wav, cost, seconds) in enumerate(frame[columns].itertuples(index=False)):
+        wav = wav if isinstance(wav, str) else ""
         if wav and Path(wav).name not in audio_files:
             wav = ""  # never a link the browser cannot load
-        cost = None if r.cost is None or math.isnan(r.cost) else float(f"{r.cost:.6g}")
-        latency = None if r.total_seconds is None or math.isnan(r.total_seconds) else round(float(r.total_seconds), 3)
+        audio: str | int = ""
+        if wav:
+            audio = 1 if wav == f"audio/{item_id}.wav" and not links.embed else links(wav, "audio/wav")
         rows.append(
             [
-                r.id,
-                status_index[r.status if isinstance(r.status, str) else "pending"],
-                model_index[r.model if isinstance(r.model, str) else ""],
+                item_id,
+                status_index[status if isinstance(status, str) else "pending"],
+                model_index[model if isinstance(model, str) else ""],
                 cut(errors[index]),
                 cut(inputs[index]),
                 cut(answers[index]),
-                links(wav, "audio/wav") if wav else "",
-                thumbs.get(r.id, []),
-                cost,
-                latency,
+                audio,
+                [thumb_index[link] for link in thumbs.get(item_id, ())],
+                None if cost is None or math.isnan(cost) else float(f"{cost:.6g}"),
+                None if seconds is None or math.isnan(seconds) else round(float(seconds), 3),
                 cut(utterances[index]),
                 cut(tools[index]),
             ]
         )
     currency = next((c for c in frame["currency"].dropna().unique() if c), "")
-    return {"statuses": statuses, "models": models, "currency": currency, "rows": rows}, clip
+    prefix = "" if links.prefix == "." else links.prefix + "/"
+    data = {"statuses": statuses, "models": models, "thumbs": thumb_links, "prefix": prefix, "currency": currency}
+    return {**data, "rows": rows}, clip
 
 
 # ----------------------------------------------------------------------------- the page's text parts
@@ -318,8 +334,7 @@ def header_html(data: analysis.RunData, counts: dict[str, int], currency: str, f
     estimated_total = float(sum(estimated.values())) if estimated else float(frame["est_cost"].fillna(0).sum())
     no_summary = "unknown (no summary.json)"
     cells = [
-        _cell("exit", f"{s['exit_code']}: {s.get('exit_reason') or 'no reason recorded'}" if "exit_code" in s
-              else no_summary),
+        _cell("exit", analysis.exit_text(s)),
         _cell("started", f"{start:%Y-%m-%d %H:%M:%S} UTC" if start is not None else "unknown (no item started)"),
         _cell("finished", f"{end:%Y-%m-%d %H:%M:%S} UTC" if end is not None else "unknown (no item finished)"),
         _cell("duration", f"{float(s['duration_seconds']):,.1f} s" if "duration_seconds" in s else no_summary),
@@ -371,7 +386,7 @@ def failures_html(out: Path, groups: list[analysis.FailureGroup], total: int) ->
 def notes_html(clipped_to: int | None, thumbs: dict[str, list[str]], links: Links) -> str:
     notes = []
     if clipped_to is not None:
-        notes.append(f"Texts are clipped to {clipped_to:,} characters to keep this file small; results.parquet has"
+        notes.append(f"Long texts are clipped to {clipped_to:,} bytes to keep this file small; results.parquet has"
                      " them whole.")  # fmt: skip
     if links.embed:
         notes.append(f"Audio and thumbnails are embedded ({links.embedded / 1e6:,.1f} MB).")
