@@ -156,10 +156,8 @@ def calibrate(out_dirs: Sequence[Path]) -> Calibration:
         model, key = str(model), str(key)
         x = group["input_audio_seconds"].fillna(0.0).to_numpy(dtype=np.float64)
         tokens = text_tokens.loc[group.index].fillna(0.0).to_numpy(dtype=np.float64)
-        if key == "text,audio":
-            y = group["output_audio_seconds"].fillna(0.0).to_numpy(dtype=np.float64)
-        else:
-            y = tokens
+        seconds = group["output_audio_seconds"].fillna(0.0).to_numpy(dtype=np.float64)
+        y = seconds if key == "text,audio" else tokens
         if not model or len(x) < MIN_ROWS:
             calibration.skipped[(model, key)] = len(x)
             continue

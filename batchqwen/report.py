@@ -10,7 +10,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batchqwen.cost import load_prices
-
 from batchqwen.errors import UsageError
 from batchqwen.reporting import analysis
 from batchqwen.reporting.analysis import FailureGroup
@@ -104,8 +103,7 @@ def header_lines(data: analysis.RunData) -> list[str]:
     rpm, tpm = limits.get("rpm"), limits.get("tpm")
     return [
         f"exit {analysis.exit_text(s)}",
-        f"ran {when}, {float(s.get('duration_seconds') or 0.0):,.1f} s"
-        + (" (simulated)" if s.get("simulate") else ""),
+        f"ran {when}, {float(s.get('duration_seconds') or 0.0):,.1f} s" + (" (simulated)" if s.get("simulate") else ""),
         f"model {s.get('model') or 'unknown'}; region {s.get('region') or 'unknown'};"
         f" concurrency {s.get('concurrency') or 'unknown'};"
         f" limits {rpm or 'none'} RPM, {tpm or 'none'} TPM ({limits.get('source') or 'unknown source'})",

@@ -435,9 +435,7 @@ class Progress:
     than the RPM limit allows (one session an item).
     """
 
-    def __init__(
-        self, total: int, *, bar: bool, interval: float = 30.0, currency: str = "", rpm: int | None = None
-    ):
+    def __init__(self, total: int, *, bar: bool, interval: float = 30.0, currency: str = "", rpm: int | None = None):
         self.total = total
         self.done = self.failed = self.skipped = 0
         self.tokens = 0
@@ -1024,7 +1022,7 @@ def _end_of_run_reports(out: Path, *, html: bool) -> None:
         groups = analysis.failure_groups(frame)
         for line in analysis.failure_lines(out, groups, sum(g.count for g in groups)):
             log.warning("%s", line)
-    except Exception as exc:  # noqa: BLE001 (a report, never the run's outcome)
+    except Exception as exc:
         log.warning("cannot list the failed items: %s", exc)
     if not html:
         return
@@ -1033,5 +1031,5 @@ def _end_of_run_reports(out: Path, *, html: bool) -> None:
 
         path = write_html_report(out)
         log.info("report: %s", path)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log.warning("cannot write the HTML report: %s: %s", type(exc).__name__, exc)

@@ -62,7 +62,9 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path
     return second, out1, base
 
 
-def test_calibration_from_the_first_run_predicts_the_second_within_15_percent(two_runs: tuple[Path, Path, Path]) -> None:
+def test_calibration_from_the_first_run_predicts_the_second_within_15_percent(
+    two_runs: tuple[Path, Path, Path],
+) -> None:
     second, out1, base = two_runs
     out2 = base / "out2"
     fixed = CliRunner().invoke(main, ["estimate", str(second), "--out", str(base / "fixed")])

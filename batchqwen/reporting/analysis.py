@@ -104,12 +104,14 @@ def failure_groups(frame: pd.DataFrame, *, examples: int = FAILURE_EXAMPLES) -> 
         head = rows.head(examples)
         shown = [
             (
-                str(r.id),
-                int(r.row),
-                str(r.error_code) if isinstance(r.error_code, str) else "",
-                str(r.error_message) if isinstance(r.error_message, str) else "(no message)",
+                str(item_id),
+                int(str(row)),
+                code if isinstance(code, str) else "",
+                message if isinstance(message, str) else "(no message)",
             )
-            for r in head.itertuples()
+            for item_id, row, code, message in head[["id", "row", "error_code", "error_message"]].itertuples(
+                index=False
+            )
         ]
         groups.append(FailureGroup(str(kind), len(rows), shown))
     return sorted(groups, key=lambda g: (-g.count, g.error_type))
@@ -127,9 +129,7 @@ def failure_lines(out: Path, groups: list[FailureGroup], total: int) -> list[str
             lines.append(f"    {item_id} (row {row}){code_text}: {_one_line(message, 160)}")
         if group.count > len(group.examples):
             lines.append(f"    ... and {group.count - len(group.examples):,} more")
-    lines.append(
-        f"  all of them: {out / RESULTS_NAME} (status == 'failed'; error_type, error_code, error_message)"
-    )
+    lines.append(f"  all of them: {out / RESULTS_NAME} (status == 'failed'; error_type, error_code, error_message)")
     return lines
 
 

@@ -22,8 +22,7 @@ RASTERISE_FROM = 2_000  # points: above this a scatter is drawn as an image insi
 def _svg(figure: Figure, name: str) -> str:
     """The figure as SVG text for inline use: text kept as text, ids unique to this figure, no date."""
     buffer = io.StringIO()
-    params: dict[str, Any] = {"svg.fonttype": "none", "svg.hashsalt": name}
-    with rc_context(params):
+    with rc_context({"svg.fonttype": "none", "svg.hashsalt": name}):
         figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     text = buffer.getvalue()
     return text[text.index("<svg") :]  # the XML prologue and doctype do not belong inside HTML

@@ -31,8 +31,8 @@ import pandas as pd
 
 from batchqwen.cost import load_prices
 from batchqwen.errors import UsageError
-from batchqwen.results import atomic_write_bytes
 from batchqwen.reporting import analysis, charts
+from batchqwen.results import atomic_write_bytes
 
 REPORT_NAME = "report.html"
 THUMBS_DIR = "thumbs"
@@ -202,7 +202,7 @@ def thumbnails(out: Path, data: analysis.RunData, links: Links) -> dict[str, lis
                 by_id[item.id] = names
     except UsageError:
         raise
-    except Exception:  # noqa: BLE001 (a manifest changed or gone since the run: no thumbnails, not no report)
+    except Exception:
         return by_id
     return by_id
 
@@ -267,9 +267,7 @@ def item_rows(frame: pd.DataFrame, links: Links, thumbs: dict[str, list[str]]) -
             continue
         code_text = f" [{code}]" if isinstance(code, str) and code else ""
         errors.append(f"{kind}{code_text}: {message if isinstance(message, str) else ''}")
-    answers = [
-        t or x for t, x in zip(_texts(frame["output_transcript"]), _texts(frame["output_text"]), strict=True)
-    ]
+    answers = [t or x for t, x in zip(_texts(frame["output_transcript"]), _texts(frame["output_text"]), strict=True)]
     inputs = _texts(frame["input_transcript"])
     utterances = [_utterances(v) for v in frame["utterances"].tolist()]
     tools = [_tool_calls(v) for v in frame["tool_calls"].tolist()] if "tool_calls" in frame else [""] * len(frame)
