@@ -17,6 +17,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -223,3 +224,16 @@ def test_embed_audio_puts_the_wavs_inside_and_refuses_past_its_limit(mixed_run: 
         write_html_report(mixed_run, tmp_path / "big.html", embed_audio=True, max_embed_bytes=1_000)
     result = CliRunner().invoke(main, ["report", str(mixed_run), "--embed-audio"])
     assert result.exit_code == 2 and "--embed-audio goes with --html" in result.output
+
+
+def test_a_tool_calls_column_is_shown_when_the_results_have_one(mixed_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "with-tools"
+    shutil.copytree(mixed_run, out)
+    table = pq.read_table(out / "results.parquet")
+    calls = [[{"name": "lookup_order", "arguments": '{"order": 42}'}] if i == 0 else [] for i in range(len(table))]
+    pq.write_table(table.append_column("tool_calls", pa.array(calls)), out / "results.parquet")
+    page = render(out).path.read_text(encoding="utf-8")
+    data = json.loads(page[page.index('id="items-data">') + 16 : page.index("</script>")].replace("<\\/", "</"))
+    first = data["rows"][0]
+    assert "lookup_order" in first[11] and '{\\"order\\": 42}' in first[11]
+    assert all(row[11] == "" for row in data["rows"][1:])
