@@ -975,6 +975,7 @@ async def _run_locked(
         exit_code = EXIT_OK
     summary.update(
         manifest=str(config.manifest),
+        manifest_path=str(Path(config.manifest).resolve()),  # the report finds the input images from anywhere
         out=str(out),
         model=config.model,
         simulate=config.simulate,

@@ -27,6 +27,7 @@ from batchqwen import runner
 from batchqwen.cli import main
 from batchqwen.config import RunConfig
 from batchqwen.errors import UsageError
+from batchqwen.reporting import analysis
 from batchqwen.reporting.html import render, write_html_report
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -237,3 +238,21 @@ def test_a_tool_calls_column_is_shown_when_the_results_have_one(mixed_run: Path,
     first = data["rows"][0]
     assert "lookup_order" in first[11] and '{\\"order\\": 42}' in first[11]
     assert all(row[11] == "" for row in data["rows"][1:])
+
+
+def test_throttle_cool_downs_and_outages_become_pauses_on_the_timeline() -> None:
+    events = [
+        {"t": "2026-12-01T01:00:00+00:00", "event": "throttle", "cool_down_seconds": 4.0},
+        {"t": "2026-12-01T01:02:00+00:00", "event": "breaker_open", "error": "refused"},
+        {"t": "2026-12-01T01:02:30+00:00", "event": "breaker_probe_failed"},
+        {"t": "2026-12-01T01:03:00+00:00", "event": "breaker_close", "outage_seconds": 60.0},
+        {"t": "2026-12-01T01:10:00+00:00", "event": "breaker_open", "error": "503"},
+        {"t": "2026-12-01T01:20:00+00:00", "event": "outage_exceeded"},
+        {"t": "torn", "event": "throttle"},
+    ]
+    spans = [(kind, f"{at:%H:%M:%S}", seconds) for kind, at, seconds in analysis.pauses(events)]
+    assert spans == [
+        ("throttle cool-down", "01:00:00", 4.0),
+        ("outage pause", "01:02:00", 60.0),
+        ("outage pause", "01:10:00", 600.0),
+    ]

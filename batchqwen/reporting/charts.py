@@ -54,9 +54,12 @@ def status_chart(counts: dict[str, int]) -> str:
     return _svg(figure, "status")
 
 
-def cost_chart(table: pd.DataFrame, currency: str) -> str:
+def cost_chart(table: pd.DataFrame, currency: str, unpriced: list[str] | None = None) -> str:
     figure = _figure(6.4, 3.4)
     ax = figure.add_subplot()
+    if unpriced:
+        note = f"not shown, no known price: {', '.join(unpriced)}"
+        ax.text(0.99, 0.98, note, ha="right", va="top", transform=ax.transAxes, fontsize=7, color="#555555")
     shown = table[(table["estimated"] > 0) | (table["actual"] > 0)]
     if shown.empty:
         _empty(ax, "no priced item ran ok: no cost to compare")

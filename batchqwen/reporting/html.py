@@ -82,7 +82,7 @@ def render(
     figures = [
         ("fig-status", "Items by status", charts.status_chart(counts)),
         ("fig-cost", "Cost by model and modality", charts.cost_chart(
-            analysis.cost_by_model_modality(frame, prices, region), currency)),
+            analysis.cost_by_model_modality(frame, prices, region), currency, unpriced(frame, prices, region))),
         ("fig-tokens", "Tokens per item against input seconds", charts.tokens_chart(frame)),
         ("fig-latency", "Latency distributions", charts.latency_chart(frame)),
         ("fig-throughput", "Items finished per minute, RPM limit, pauses", charts.throughput_chart(
@@ -108,6 +108,12 @@ def render(
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, payload)
     return ReportFile(target, len(frame), len(payload), clipped_to)
+
+
+def unpriced(frame: pd.DataFrame, prices: Any, region: str) -> list[str]:
+    """The models of ok items that have no known price (left out of the cost figure, and it says so)."""
+    models = frame.loc[frame["status"] == "ok", "model"].dropna().unique()
+    return sorted(str(m) for m in models if prices.lookup(str(m), region) is None)
 
 
 def _template() -> str:
@@ -159,7 +165,7 @@ def thumbnails(out: Path, data: analysis.RunData, links: Links) -> dict[str, lis
 
     from batchqwen.manifest import iter_items
 
-    manifest = data.summary.get("manifest")
+    manifest = data.summary.get("manifest_path") or data.summary.get("manifest")
     if not manifest or not Path(manifest).is_file():
         return {}
     folder = out / THUMBS_DIR
