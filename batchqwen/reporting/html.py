@@ -173,6 +173,7 @@ def thumbnails(out: Path, data: analysis.RunData, links: Links) -> dict[str, lis
     by_id: dict[str, list[str]] = {}
     done: dict[str, str | None] = {}  # source key -> thumbnail name (None: could not be read)
     keys: dict[Path, str | None] = {}  # image path -> source key (None: gone)
+    linked: dict[str, str] = {}  # thumbnail name -> how the page refers to it
     try:
         items: Iterable[Any] = iter_items(Path(manifest), with_hash=False)
         for item in items:
@@ -202,8 +203,11 @@ def thumbnails(out: Path, data: analysis.RunData, links: Links) -> dict[str, lis
                         except (OSError, ValueError):
                             pass
                     done[key] = name if name in made else None
-                if done[key] is not None:
-                    names.append(links(f"{THUMBS_DIR}/{done[key]}", "image/jpeg"))
+                thumb = done[key]
+                if thumb is not None:
+                    if thumb not in linked:  # one link (one data URI when embedded) per thumbnail
+                        linked[thumb] = links(f"{THUMBS_DIR}/{thumb}", "image/jpeg")
+                    names.append(linked[thumb])
             if names:
                 by_id[item.id] = names
     except UsageError:
