@@ -575,7 +575,7 @@ def _check_defaults(
 
 def _estimate(manifest_text: str, out_text: str, options: dict[str, Any]) -> None:
     from batchqwen import cost
-    from batchqwen.estimate import estimate_manifest, format_report
+    from batchqwen.estimate import estimate_manifest, format_report, write_estimate_summary
     from batchqwen.manifest import check_manifest
     from batchqwen.models import validate_modalities
     from batchqwen.storage.fetch import shared_storage
@@ -586,7 +586,10 @@ def _estimate(manifest_text: str, out_text: str, options: dict[str, Any]) -> Non
     out = folder / "out" if isinstance(out_where, Remote) else out_where
     assert isinstance(out, Path)
 
+    calibration: Any = None
+
     def work() -> Any:
+        nonlocal calibration
         modalities = validate_modalities(_modalities(options["modalities"]) or ())
         _check_defaults(
             options["model"], options["voice"], modalities, options["translate_to"], options["source_language"]
@@ -596,7 +599,13 @@ def _estimate(manifest_text: str, out_text: str, options: dict[str, Any]) -> Non
         check_manifest(manifest, options=manifest_options)
         prices = cost.load_prices(options["prices"])
         output = cost.OutputAssumption(output_seconds_per_item=options["output_seconds"])
-        return estimate_manifest(
+        history = options.get("calibrate_from") or ()
+        if history:
+            from batchqwen.calibrate import calibrate
+
+            calibration = calibrate(list(history))
+            output = calibration.output(output)
+        report = estimate_manifest(
             manifest,
             default_model=options["model"],
             region=_check_region(options["region"]),
@@ -614,18 +623,32 @@ def _estimate(manifest_text: str, out_text: str, options: dict[str, Any]) -> Non
             manifest_options=manifest_options,
             storage=storage,
         )
+        if calibration is not None and report.parquet is not None and report.total_cost is not None:
+            import pandas as pd
+
+            from batchqwen.calibrate import cost_range
+
+            rows = pd.read_parquet(report.parquet)
+            report.cost_range = cost_range(calibration, rows, prices, _check_region(options["region"]))
+        write_estimate_summary(report, out)
+        return report
 
     def store(report: Any) -> str:
         if not isinstance(out_where, Remote):
             return str(out / "estimate.parquet")
         if not out_where.is_object:
             raise UsageError(f"--out {out_where}: a remote output folder must be s3:// or gs://")
-        target = out_where.join("estimate.parquet")
-        shared_storage(_storage_config(options)).upload(report.parquet, target)
-        return str(target)
+        storage = shared_storage(_storage_config(options))
+        for path in sorted(p for p in out.rglob("*") if p.is_file()):  # estimate.parquet and its summary
+            storage.upload(path, out_where.join(path.relative_to(out).as_posix()))
+        return str(out_where.join("estimate.parquet"))
 
     report = _call(work)
     click.echo(format_report(report))
+    if calibration is not None:
+        click.echo("Calibration (answer length learned from earlier runs' ok rows):")
+        for line in calibration.describe():
+            click.echo(line)
     click.echo(f"per-item estimate in {_call(store, report)}")
 
 
@@ -722,6 +745,14 @@ def check(
 @_manifest_arg
 @_shared_options
 @_storage_options
+@click.option(
+    "--calibrate-from",
+    "calibrate_from",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    multiple=True,
+    help="Learn the answer length per model from the ok rows of this earlier run's OUT (repeatable); prints the"
+    " total with a p10-p90 range. Without it: --output-seconds.",
+)
 def estimate(manifest: str, out: str | None, **options: Any) -> None:
     """Estimate tokens and cost of MANIFEST offline (no network). Same as `run --dry-run`.
 
@@ -737,7 +768,7 @@ def models(prices: Path | None) -> None:
     from batchqwen.cost import load_prices
 
     book = _call(load_prices, prices)
-    click.echo(f"prices: {book.currency} per 1M tokens; source: {book.source}; as of {book.as_of}")
+    click.echo(f"prices: {book.currency} per 1M tokens; source: {book.describe()}")
     for model in REGISTRY.values():
         caps = [
             f"family {model.protocol}",
@@ -859,11 +890,33 @@ def simulate(host: str, port: int, api_keys: tuple[str, ...], **options: Any) ->
 
 @main.command()
 @click.argument("out", metavar="OUT")
+@click.option(
+    "--html",
+    "html",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[FILE]",
+    help="Also write the HTML report (default FILE: OUT/report.html): figures, every item with its audio.",
+)
+@click.option(
+    "--embed-audio",
+    is_flag=True,
+    help="With --html: put the WAVs and thumbnails inside the file (refused above 50 MB) instead of linking them.",
+)
 @click.option("--s3-endpoint", default=None, metavar="URL", help="S3-compatible endpoint of a remote OUT.")
 @click.option("--s3-region", default=None, help="The bucket's region.")
 @click.option("--s3-virtual-hosted", is_flag=True, help="Address buckets as bucket.endpoint.")
-def report(out: str, s3_endpoint: str | None, s3_region: str | None, s3_virtual_hosted: bool) -> None:
-    """Totals of a finished run in OUT (a folder or s3://bucket/prefix): estimate vs actual by modality."""
+def report(
+    out: str,
+    html: str | None,
+    embed_audio: bool,
+    s3_endpoint: str | None,
+    s3_region: str | None,
+    s3_virtual_hosted: bool,
+) -> None:
+    """Totals of a finished run in OUT (a folder or s3://bucket/prefix): estimate vs actual by modality, the
+    estimate's error, the failed items. With a bucket OUT, --html is written back into it (or to FILE)."""
     import tempfile
 
     from batchqwen.report import build_report, format_report
@@ -871,14 +924,28 @@ def report(out: str, s3_endpoint: str | None, s3_region: str | None, s3_virtual_
     from batchqwen.storage.locations import Remote, parse_location
     from batchqwen.storage.outputs import download_out
 
+    if embed_audio and html is None:
+        _fail("--embed-audio goes with --html", EXIT_USAGE)
     where = _call(parse_location, out)
+    remote = where if isinstance(where, Remote) else None
+    storage = shared_storage(StorageOptions(s3_endpoint, s3_region, s3_virtual_hosted))
     with tempfile.TemporaryDirectory(prefix="batchqwen-report-") as folder:
-        if isinstance(where, Remote):
-            storage = shared_storage(StorageOptions(s3_endpoint, s3_region, s3_virtual_hosted))
-            names = ("results.parquet", "summary.json", "run_events.jsonl")
-            where = _call(download_out, where, storage, Path(folder), names)
+        if remote is not None:
+            names = ("results.parquet", "summary.json", "run_events.jsonl", "journal.jsonl")
+            where = _call(download_out, remote, storage, Path(folder), names)
         assert isinstance(where, Path)
         click.echo(format_report(_call(build_report, where)))
+        if html is not None:
+            from batchqwen.reporting.html import write_html_report
+
+            target = Path(html) if html else None
+            path = _call(write_html_report, where, target, embed_audio=embed_audio)
+            if remote is not None and target is None:  # back into the bucket, with its thumbnails
+                made = [p for p in Path(folder).rglob("*") if p.is_file() and p.name not in names]
+                for file in made:
+                    _call(storage.upload, file, remote.join(file.relative_to(folder).as_posix()))
+                path = remote.join(path.name)
+            click.echo(f"HTML report: {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

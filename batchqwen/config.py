@@ -60,6 +60,7 @@ class RunConfig:
     quiet: bool = False
     log_file: Path | None = None
     progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
+    html_report: bool = True  # OUT/report.html at the end of the run
     # storage: where the manifest came from and how it is read, how remote files are reached, remote OUT
     manifest_options: ManifestOptions = field(default_factory=ManifestOptions)
     storage: StorageOptions = field(default_factory=StorageOptions)

@@ -64,6 +64,7 @@ from batchqwen.storage.locations import Remote
 from batchqwen.tokens import text_tokens_exact
 
 ESTIMATE_FILE = "estimate.parquet"
+ESTIMATE_SUMMARY = "estimate.json"  # the totals of the last estimate in OUT: the report compares a run with it
 # Estimate rows go to Arrow 256 at a time and to Parquet 4,096 to a row group: on 1,000,000 rows the peak
 # RSS is 1.05x a one-row estimate's (2,048-row groups built from Python lists: 1.11x; bench_estimate.py)
 BATCH_ROWS = 256
@@ -161,6 +162,9 @@ class EstimateReport:
     parquet: Path | None = None
     elapsed_seconds: float = 0.0
     text_tokens_exact: bool = True
+    price_url: str = ""
+    #: with a calibrated output (estimate --calibrate-from): the p10 and p90 of the total cost
+    cost_range: tuple[float, float] | None = None
 
     @property
     def estimated_items(self) -> int:
@@ -439,6 +443,7 @@ def estimate_manifest(
         currency=prices.currency,
         price_source=prices.source,
         price_as_of=prices.as_of,
+        price_url=prices.source_url,
         output=output,
         text_tokens_exact=text_tokens_exact(),
     )
@@ -647,7 +652,8 @@ def format_report(report: EstimateReport) -> str:
     lines = [
         f"Estimate of {report.manifest.name}: {report.items:,} items, {report.estimated_items:,} estimated, "
         f"{report.problem_count:,} with problems (region {report.region})",
-        f"Prices: {report.price_source}, as of {report.price_as_of}, {cur} per 1M tokens",
+        f"Prices: {report.price_source}{f' <{report.price_url}>' if report.price_url else ''},"
+        f" as of {report.price_as_of}, {cur} per 1M tokens",
         report.output.describe().capitalize(),
     ]
     if not report.text_tokens_exact:
@@ -668,7 +674,11 @@ def format_report(report: EstimateReport) -> str:
     all_rows.append(("total", f"{report.total_tokens:,}"))
     lines += _table(all_rows)
     if report.total_cost is not None:
-        lines.append(f"Estimated cost: {report.total_cost:,.4f} {cur}")
+        spread = ""
+        if report.cost_range is not None:
+            low, high = report.cost_range
+            spread = f" (p10-p90 range {low:,.4f} - {high:,.4f} {cur}, from the calibration)"
+        lines.append(f"Estimated cost: {report.total_cost:,.4f} {cur}{spread}")
     else:
         unpriced = sorted(n for n, t in report.by_model.items() if t.price is None)
         lines.append(
@@ -686,3 +696,26 @@ def format_report(report: EstimateReport) -> str:
     if report.parquet is not None:
         lines += ["", f"Rows: {report.parquet}"]
     return "\n".join(lines)
+
+
+def write_estimate_summary(report: EstimateReport, out_dir: Path) -> Path:
+    """``OUT/estimate.json``: the estimate's totals, so a report of a later run in OUT can say how good it was."""
+    import json
+    from datetime import UTC, datetime
+
+    summary = {
+        "manifest": str(report.manifest),
+        "made_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "items": report.items,
+        "estimated_items": report.estimated_items,
+        "currency": report.currency,
+        "estimated_cost": report.total_cost,
+        "cost_range": list(report.cost_range) if report.cost_range is not None else None,
+        "output_assumption": report.output.describe(),
+        "calibrated_from": list(report.output.calibrated_from),
+        "tokens": report.tokens,
+    }
+    path = Path(out_dir) / ESTIMATE_SUMMARY
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return path

@@ -137,11 +137,15 @@ def main() -> None:
     estimate_args = [str(HERE / "bench_estimate.py"), "--rows", "1000" if q else "10000"] + ([] if q else ["--million"])
     estimated = subprocess.run([sys.executable, *estimate_args], capture_output=True, text=True, check=True, cwd=ROOT)
     section("8. batchqwen estimate on distinct files, before and now (bench/bench_estimate.py)", estimated.stdout)
-    print("9. media and outputs in a bucket ...", file=sys.stderr, flush=True)
+    print("9. the HTML report ...", file=sys.stderr, flush=True)
+    report_args = [str(HERE / "bench_report.py"), "--items", "10000" if q else "100000"]
+    reported = subprocess.run([sys.executable, *report_args], capture_output=True, text=True, check=True, cwd=ROOT)
+    section("9. The HTML report at scale (bench/bench_report.py)", reported.stdout)
+    print("10. media and outputs in a bucket ...", file=sys.stderr, flush=True)
     storage_args = [str(HERE / "bench_storage.py")] + (["--quick"] if q else [])
     stored = subprocess.run([sys.executable, *storage_args], capture_output=True, text=True, check=True, cwd=ROOT)
     section(
-        "9. Media and outputs in a bucket (moto's S3 server) vs on local disk (bench/bench_storage.py)", stored.stdout
+        "10. Media and outputs in a bucket (moto's S3 server) vs on local disk (bench/bench_storage.py)", stored.stdout
     )
 
     info = machine()
