@@ -106,7 +106,7 @@ def test_run_simulate_writes_every_output_to_the_bucket(s3: S3Server, aws_env: d
     assert result.exit_code == 0, result.output
     stored = s3.keys_under("out1/")
     assert {"out1/results.parquet", "out1/summary.json", "out1/journal.jsonl", "out1/run_events.jsonl"} <= set(stored)
-    assert {"out1/audio/first.wav", "out1/audio/second.wav"} <= set(stored)
+    assert {"out1/audio/first.wav", "out1/audio/second.wav", "out1/report.html"} <= set(stored)
     assert "out1/.batchqwen.lock" not in stored  # released at the end
     rows = _bucket_results(s3, "out1")
     assert {r["status"] for r in rows.values()} == {"ok"}
@@ -119,9 +119,10 @@ def test_run_simulate_writes_every_output_to_the_bucket(s3: S3Server, aws_env: d
     # the state directory keeps the journal and the lock; WAVs are not kept twice; the download cache is gone
     assert (state / "journal.jsonl").is_file() and not list((state / "audio").glob("*.wav"))
     assert not any(p.is_file() for p in cache.rglob("*"))
-    report = CliRunner().invoke(main, ["report", "s3://media/out1", "--s3-endpoint", s3.endpoint])
+    report = CliRunner().invoke(main, ["report", "s3://media/out1", "--s3-endpoint", s3.endpoint, "--html"])
     assert report.exit_code == 0, report.output
-    assert "2 items: ok 2" in report.output
+    assert "2 items: ok 2" in report.output and "HTML report: s3://media/out1/report.html" in report.output
+    assert b"first" in s3.get("out1/report.html")
     blobs = {k: s3.get(k) for k in stored} | {str(p): p.read_bytes() for p in state.rglob("*") if p.is_file()}
     _no_secrets(blobs | {"output": (result.output + report.output).encode()}, s3.keys)
 
