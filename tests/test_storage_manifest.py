@@ -186,3 +186,13 @@ def test_cache_size_parses() -> None:
     assert parse_size("1.5GiB") == int(1.5 * (1 << 30))
     with pytest.raises(UsageError):
         parse_size("lots")
+
+
+def test_gcs_filesystem_is_made_with_its_options() -> None:
+    """gs:// is reached through pyarrow's GcsFileSystem (no GCS server here to test against: made, not used)."""
+    import pyarrow.fs as pafs
+
+    from batchqwen.storage.fetch import Storage, StorageOptions
+
+    made = Storage(StorageOptions(timeout=2.0, attempts=3)).filesystem(Remote("gs://bucket/a.wav"))
+    assert isinstance(made, pafs.GcsFileSystem)

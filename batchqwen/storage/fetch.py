@@ -32,6 +32,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +207,8 @@ class Storage:
         with self._lock:
             if ref.scheme == "gs":
                 if self._gcs is None:
-                    self._gcs = pafs.GcsFileSystem(retry_time_limit=self.options.timeout * self.options.attempts)
+                    limit = timedelta(seconds=self.options.timeout * self.options.attempts)
+                    self._gcs = pafs.GcsFileSystem(retry_time_limit=limit)
                 return self._gcs
             if self._s3 is None:
                 opts = self.options
