@@ -245,7 +245,7 @@ class Toolbox:
         with self._loop_lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="batchqwen-async-tools", daemon=True).start()
+                threading.Thread(target=_serve, args=(loop,), name="batchqwen-async-tools", daemon=True).start()
                 self._loop = loop
             return self._loop
 
@@ -298,6 +298,19 @@ def offered_tools(
         offer = ", ".join(names) or "none"
         raise ItemError(f"the row does not offer {extract}, the --extract tool (its tools: {offer})")
     return tuple(names)
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    """The async tools' event loop, in its own thread, until :meth:`Toolbox.close`; then closed."""
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        loop.close()
 
 
 # ----------------------------------------------------------------------------- loading
