@@ -331,14 +331,13 @@ class _Pump:
         self.wake.set()
 
     def _tell_turns(self) -> None:
-        if self.on_turn is None:
+        core = self.core
+        count = core.finished_turn_count - (1 if core.completed else 0)  # the last turn is the result itself
+        if self.on_turn is None or count <= self.turns_told:
             return
-        finished = self.core.finished_turns
-        if self.core.completed:
-            finished = finished[:-1]  # the last turn is the whole result, not progress
-        for turn in finished[self.turns_told :]:
+        for turn in core.finished_turns[self.turns_told : count]:
             self.on_turn(turn)
-        self.turns_told = max(self.turns_told, len(finished))
+        self.turns_told = count
 
     async def _run_tools(self) -> None:
         """Run the calls the core hands over (all of one response at once) and give it their outputs."""

@@ -374,10 +374,14 @@ class ClientTurn:
         return self._turn.index
 
     @property
+    def finished_turn_count(self) -> int:
+        """How many turns have had their last response (all of them once :attr:`completed`)."""
+        return len(self._turns) if self.completed else len(self._turns) - 1
+
+    @property
     def finished_turns(self) -> list[TurnOutput]:
         """The turns whose last response is done, in order (every turn once :attr:`completed`)."""
-        done = len(self._turns) if self.completed else len(self._turns) - 1
-        return [turn.output() for turn in self._turns[:done]]
+        return [turn.output() for turn in self._turns[: self.finished_turn_count]]
 
     def next_event(self) -> Outgoing | None:
         """The next client event to send now, or None when the turn must wait for the server."""
