@@ -330,47 +330,39 @@ def estimate_session_tokens(
 ) -> TokenEstimate:
     """Tokens of one session of one or more turns, each answered by one response (plus the assumed tool
     rounds), every response re-billing the conversation so far: the session's instructions and the tools'
-    declarations, every earlier turn's input and tool outputs, its own. A single turn without tools is
-    :func:`estimate_tokens` exactly.
+    declarations, every earlier turn's input and tool outputs, the text of every earlier answer and call
+    (the realtime protocol's conversation context: earlier output becomes later input), and its own turn.
+    A single turn without tools is :func:`estimate_tokens` exactly.
     """
     rounds = tools.rounds_per_turn if tools is not None else 0
     declarations = tools.declaration_tokens if tools is not None else 0
+    call_tokens = tools.call_tokens if tools is not None else 0
+    output_tokens = tools.output_tokens if tools is not None else 0
     base_text = sum(count_text_tokens(t) for t in session_texts) + declarations
-    history = TokenEstimate()  # the input of the earlier turns (and their tool outputs), billed again
+    history_text = history_audio = history_image = 0  # earlier turns' input, outputs and answers
     total = TokenEstimate()
     for turn in turns:
-        own = TokenEstimate(
-            input_text=sum(count_text_tokens(t) for t in turn.texts),
-            input_audio=audio_tokens(model, turn.audio_seconds),
-            input_image=sum(image_tokens(model, w, h) for w, h in turn.image_sizes),
+        own_text = sum(count_text_tokens(t) for t in turn.texts)
+        own_audio = audio_tokens(model, turn.audio_seconds)
+        own_image = sum(image_tokens(model, w, h) for w, h in turn.image_sizes)
+        answer = estimate_tokens(
+            model, audio_seconds=turn.audio_seconds, image_sizes=(), texts=(), modalities=modalities, output=output
         )
-        context_text = base_text + history.input_text + own.input_text
-        context_text += sum(count_text_tokens(t) for t in turn.response_texts)
-        context_audio = history.input_audio + own.input_audio
-        context_image = history.input_image + own.input_image
+        context_text = base_text + history_text + own_text + sum(count_text_tokens(t) for t in turn.response_texts)
+        said = 0  # this turn's calls and tool outputs so far, billed again by its next response
         for round_number in range(rounds + 1):
-            tool_outputs = round_number * (tools.output_tokens if tools is not None else 0)
             last = round_number == rounds
-            answer = estimate_tokens(
-                model,
-                audio_seconds=turn.audio_seconds,
-                image_sizes=(),
-                texts=(),
-                modalities=modalities,
-                output=output,
-            )
             total = TokenEstimate(
-                total.input_text + context_text + tool_outputs,
-                total.input_audio + context_audio,
-                total.input_image + context_image,
-                total.output_text + (answer.output_text if last else (tools.call_tokens if tools else 0)),
+                total.input_text + context_text + said,
+                total.input_audio + history_audio + own_audio,
+                total.input_image + history_image + own_image,
+                total.output_text + (answer.output_text if last else call_tokens),
                 total.output_audio + (answer.output_audio if last else 0),
             )
-        history = TokenEstimate(
-            history.input_text + own.input_text + rounds * (tools.output_tokens if tools is not None else 0),
-            history.input_audio + own.input_audio,
-            history.input_image + own.input_image,
-        )
+            said += 0 if last else call_tokens + output_tokens
+        history_text += own_text + said + answer.output_text
+        history_audio += own_audio
+        history_image += own_image
     return total
 
 

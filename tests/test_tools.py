@@ -723,3 +723,35 @@ def test_tools_py_of_the_jobs_folder_loads(tmp_path: Path) -> None:
     assert box.names == ["record_order", "rate_call"]
     assert box.tools["record_order"].description == "Record the order a caller places."
     assert box.tools["rate_call"].parameters["properties"]["mood"]["enum"] == ["calm", "upset", "neutral"]
+
+
+def test_session_estimate_re_bills_the_context_and_counts_each_round() -> None:
+    from batchqwen.tokens import count_text_tokens
+
+    tools = cost.ToolAssumption(rounds_per_turn=1, declaration_tokens=100, call_tokens=40, output_tokens=20)
+    turns = [cost.TurnInput(2.0), cost.TurnInput(1.0, texts=["why?"])]
+    got = cost.estimate_session_tokens(
+        OMNI35,
+        turns=turns,
+        session_texts=["Be brief."],
+        modalities=("text", "audio"),
+        output=cost.OutputAssumption(),
+        tools=tools,
+    )
+    t0, p = count_text_tokens("Be brief."), count_text_tokens("why?")
+    # turn 1: a call (context), then the answer (context + the call and its output: 40 + 20);
+    # turn 2 re-reads turn 1's call, output and answer (60 + 24) besides its own input
+    assert got.input_text == (t0 + 100) + (t0 + 160) + (t0 + 184 + p) + (t0 + 244 + p)
+    assert got.input_audio == 25 + 25 + (25 + 13) + (25 + 13)
+    assert got.output_text == 40 + 24 + 40 + 24 and got.output_audio == 100 + 100
+    plain = cost.estimate_session_tokens(
+        OMNI35, turns=turns[:1], session_texts=["Be brief."], modalities=("text",), output=cost.OutputAssumption()
+    )
+    assert plain == cost.estimate_tokens(
+        OMNI35,
+        audio_seconds=2.0,
+        image_sizes=(),
+        texts=["Be brief."],
+        modalities=("text",),
+        output=cost.OutputAssumption(),
+    )
