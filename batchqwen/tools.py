@@ -77,10 +77,16 @@ def error_output(kind: str, message: str) -> str:
     return json.dumps({"error": {"type": kind, "message": message}}, ensure_ascii=False)
 
 
-def validation_message(schema: Mapping[str, Any], value: Any) -> str | None:
-    """Why ``value`` does not validate against ``schema`` (the first error, with its JSON path), or None."""
+def validator_of(schema: Mapping[str, Any]) -> Any:
+    """A ``jsonschema`` validator for ``schema`` (the draft its ``$schema`` names, 2020-12 by default),
+    formats checked."""
     validator_class = jsonschema.validators.validator_for(schema)
-    validator = validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
+    return validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
+
+
+def validation_message(schema: Mapping[str, Any], value: Any, validator: Any = None) -> str | None:
+    """Why ``value`` does not validate against ``schema`` (the first error, with its JSON path), or None."""
+    validator = validator if validator is not None else validator_of(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(value))
     if error is None:
         return None
@@ -151,6 +157,7 @@ class Toolbox:
         self.source = source
         self.canned_output = canned_output
         self.timeout = timeout
+        self._validators = {name: validator_of(tool.parameters) for name, tool in self.tools.items()}
         self._loop: asyncio.AbstractEventLoop | None = None  # async tools run here, in a daemon thread
         self._loop_lock = threading.Lock()
 
@@ -192,7 +199,7 @@ class Toolbox:
             arguments = json.loads(call.arguments or "{}")
         except ValueError as exc:
             return failed("invalid_arguments", f"the arguments are not JSON: {exc}")
-        problem = validation_message(tool.parameters, arguments)
+        problem = validation_message(tool.parameters, arguments, self._validators[tool.name])
         if problem is not None:
             return failed("invalid_arguments", f"arguments do not match the schema of {tool.name}: {problem}")
         if tool.function is None:
