@@ -26,13 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, media_factory  # noqa: E402
+from common import machine, media_factory
 
-from batchqwen import runner  # noqa: E402
-from batchqwen.config import RunConfig  # noqa: E402
-from batchqwen.realtime.protocol import FunctionCall  # noqa: E402
-from batchqwen.sim.server import Simulator, SimulatorConfig  # noqa: E402
-from batchqwen.tools import load_tools  # noqa: E402
+from batchqwen import runner
+from batchqwen.config import RunConfig
+from batchqwen.realtime.protocol import FunctionCall
+from batchqwen.sim.server import Simulator, SimulatorConfig
+from batchqwen.tools import load_tools
 
 MODEL = "qwen3.5-omni-flash-realtime"
 TOOLS = '''
