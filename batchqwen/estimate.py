@@ -329,7 +329,12 @@ def _estimate_session(item: Item, s: _Settings) -> RowEstimate:
         images = 0
         pairs = zip(talk.turn_items, talk.turns, strict=True) if item.turns else [(item, plan)]
         for number, (each, turn_plan) in enumerate(pairs):
-            audio_seconds, sizes, padded = _probe(each, turn_plan, s)
+            try:
+                audio_seconds, sizes, padded = _probe(each, turn_plan, s)
+            except BatchQwenError as exc:
+                if not item.turns:
+                    raise
+                raise type(exc)(f"turn {number + 1}: {exc}") from None
             folded = talk.response_instructions(number) if item.turns else None
             turns.append(TurnInput(audio_seconds, sizes, [turn_plan.prompt], [folded] if folded else []))
             audio_total, padded_total, images = audio_total + audio_seconds, padded_total + padded, images + len(sizes)
@@ -348,7 +353,8 @@ def _estimate_session(item: Item, s: _Settings) -> RowEstimate:
 
 
 def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
-    if item.turns or (s.tools is not None and item.tools != NO_TOOLS):
+    names_tools = item.tools is not None and item.tools != NO_TOOLS
+    if item.turns or names_tools or (s.tools is not None and item.tools != NO_TOOLS):
         return _estimate_session(item, s)
     model_name = item.model or s.default_model
     modalities = item.modalities or s.modalities

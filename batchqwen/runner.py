@@ -518,6 +518,9 @@ async def _tools_and_turns(
     all of it still recorded."""
     calls = [call for turn in result.turns for call in turn.tool_calls]
     row.tool_calls = [conversation.tool_call_record(call) for call in calls]
+    for record in row.tool_calls:  # a tool's exception text could hold anything, the key too
+        if record["error"]:
+            record["error"] = results.redact(record["error"], secrets)
     if ready.turns:
         rate = ready.plan.model.output_sample_rate
         records = []

@@ -755,3 +755,24 @@ def test_session_estimate_re_bills_the_context_and_counts_each_round() -> None:
         modalities=("text",),
         output=cost.OutputAssumption(),
     )
+
+
+def test_estimate_lists_rows_naming_tools_without_tools_or_with_bad_turn_media(tmp_path: Path) -> None:
+    folder = tmp_path / "job"
+    folder.mkdir()
+    write_audio(folder / "a.wav", seconds=0.5, rate=16_000, channels=1)
+    (folder / "bad.wav").write_text("not audio")
+    rows = [
+        {"id": "names-tools", "audio": "a.wav", "tools": "lookup"},
+        {"id": "bad-turn", "turns": [{"audio": "a.wav"}, {"audio": "bad.wav"}]},
+        {"id": "fine", "turns": [{"audio": "a.wav"}, {"prompt": "and?"}]},
+    ]
+    (folder / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(
+        cli.main, ["estimate", str(folder / "m.jsonl"), "--model", OMNI35.name, "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 0, result.output
+    problems = {r["id"]: r["problem"] for r in pq.read_table(tmp_path / "o" / "estimate.parquet").to_pylist()}
+    assert "the row names tools (lookup) but the run has no --tools" in problems["names-tools"]
+    assert problems["bad-turn"].startswith("media: turn 2: ")
+    assert problems["fine"] is None
