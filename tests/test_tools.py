@@ -776,3 +776,22 @@ def test_estimate_lists_rows_naming_tools_without_tools_or_with_bad_turn_media(t
     assert "the row names tools (lookup) but the run has no --tools" in problems["names-tools"]
     assert problems["bad-turn"].startswith("media: turn 2: ")
     assert problems["fine"] is None
+
+
+def test_the_tools_demo_job_runs_with_every_row_calling_and_answered(tmp_path: Path) -> None:
+    jobs = Path(__file__).parent.parent / "jobs" / "tools"
+    out = tmp_path / "out"
+    result = cli_run(
+        str(jobs / "manifest.csv"), "--simulate", "--model", OMNI35.name, "--tools", str(jobs / "tools.py"),
+        "--out", str(out), "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with (jobs / "manifest.csv").open() as handle:
+        offered = {r["id"]: (r["tools"] or "record_order;rate_call").split(";") for r in csv.DictReader(handle)}
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    assert len(rows) == len(offered) == 4
+    for row in rows:
+        assert row["status"] == "ok" and row["tool_calls"], row["id"]
+        for entry in row["tool_calls"]:
+            assert entry["output"] and json.loads(entry["output"])  # every call answered, with JSON
+            assert entry["name"] in offered[row["id"]]
