@@ -29,7 +29,7 @@ from batchqwen.models import audio_tokens, get_model
 from batchqwen.realtime.events import parse_event, to_json
 from batchqwen.realtime.protocol import ClientTurn
 from batchqwen.sim.core import ServerSession
-from batchqwen.sim.server import Simulator, SimulatorConfig
+from batchqwen.sim.server import Simulator, SimulatorConfig, SimulatorStats
 from batchqwen.tokens import count_text_tokens
 
 OMNI35 = get_model("qwen3.5-omni-flash-realtime")
@@ -97,8 +97,11 @@ def test_three_turns_in_one_session_answer_in_order_with_each_turns_billing() ->
     assert first.input_audio_tokens == audio_tokens(OMNI35, 1.2)
     assert second.input_audio_tokens == audio_tokens(OMNI35, 1.2) + audio_tokens(OMNI35, 2.0)
     assert third.input_audio_tokens == second.input_audio_tokens and third.input_image_tokens == 80
+    # the text re-billed: instructions, the typed turn, and the two earlier answers' text
+    assert first.output_text_tokens is not None and second.output_text_tokens is not None
     expected_text = count_text_tokens("Be brief.") + count_text_tokens("And what did I say first?")
-    assert third.input_text_tokens == expected_text
+    assert third.input_text_tokens == expected_text + first.output_text_tokens + second.output_text_tokens
+    assert "Earlier in this session: turn 1: 1.2 s of audio; turn 2: 2.0 s of audio" in said[2]  # its memory
     assert result.usage == first + second + third
     assert result.output_pcm == b"".join(t.output_pcm for t in result.turns)
 
@@ -179,35 +182,22 @@ def write_conversations(folder: Path, count: int, *, seconds: tuple[float, float
     return path
 
 
-class Servers:
-    """Every ServerSession the simulator makes: their ``usages`` are its own billing of each response."""
-
-    def __init__(self, patch: pytest.MonkeyPatch) -> None:
-        self.sessions: list[ServerSession] = []
-        original = ServerSession.__init__
-
-        def keep(session: ServerSession, *args: Any, **kwargs: Any) -> None:
-            original(session, *args, **kwargs)
-            self.sessions.append(session)
-
-        patch.setattr(ServerSession, "__init__", keep)
-
-    def usage(self, response_id: str) -> Any:
-        [usage] = [s.usages[response_id] for s in self.sessions if response_id in s.usages]
-        return usage
-
-
-def run_job(source: Path, out: Path, **overrides: Any) -> runner.RunOutcome:
-    async def main() -> runner.RunOutcome:
+def run_job(source: Path, out: Path, **overrides: Any) -> tuple[runner.RunOutcome, SimulatorStats]:
+    async def main() -> tuple[runner.RunOutcome, SimulatorStats]:
         async with Simulator(SimulatorConfig()) as sim:
             values: dict[str, Any] = {
                 "model": OMNI35.name, "base_url": sim.url, "api_key": KEY, "rpm": 10**6, "tpm": 10**9,
                 "pad_silence_seconds": 0.0, "concurrency": 4,
             }  # fmt: skip
             values.update(overrides)
-            return await runner.run(RunConfig(source, out, **values), retry=FAST)
+            return await runner.run(RunConfig(source, out, **values), retry=FAST), sim.stats
 
     return asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def billed(stats: SimulatorStats, session_id: str) -> dict[str, Any]:
+    """What the simulator billed for each response of a session (its own records), by response id."""
+    return {record.response_id: record.usage for record in stats.billing[session_id]}
 
 
 def wav_frames(path: Path) -> tuple[int, bytes]:
@@ -215,13 +205,10 @@ def wav_frames(path: Path) -> tuple[int, bytes]:
         return handle.getframerate(), handle.readframes(handle.getnframes())
 
 
-def test_three_turn_job_answers_in_order_with_turn_wavs_and_the_simulators_usage(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    servers = Servers(monkeypatch)
+def test_three_turn_job_answers_in_order_with_turn_wavs_and_the_simulators_usage(tmp_path: Path) -> None:
     source = write_conversations(tmp_path / "job", 3)
     out = tmp_path / "out"
-    outcome = run_job(source, out)
+    outcome, stats = run_job(source, out)
     assert outcome.exit_code == 0
     table = pq.read_table(out / "results.parquet")
     assert [f.name for f in table.schema.field("turns").type.value_type] == [
@@ -237,29 +224,30 @@ def test_three_turn_job_answers_in_order_with_turn_wavs_and_the_simulators_usage
         assert "saw 1 image (320×240" in turns[1]["output_transcript"]
         assert f"You wrote: 'Sum up, {n}.'" in turns[2]["output_transcript"]
         assert row["output_transcript"] == "\n".join(t["output_transcript"] for t in turns)
-        assert len({s.session_id for s in servers.sessions if set(row["response_ids"]) <= set(s.usages)}) == 1
-        assert row["response_ids"] == [rid for t in turns for rid in t["response_ids"]]
+        session = billed(stats, row["session_id"])  # one session held the whole conversation
+        assert row["response_ids"] == [rid for t in turns for rid in t["response_ids"]] == list(session)
         # per-turn usage: what the simulator billed for that turn's response, field for field
         for turn in turns:
             [rid] = turn["response_ids"]
-            billed = servers.usage(rid)
+            charged = session[rid]
             assert turn["usage"] == {
-                "input_tokens": billed.input_tokens,
-                "output_tokens": billed.output_tokens,
-                "total_tokens": billed.total_tokens,
-                "input_text_tokens": billed.input_text_tokens,
-                "input_audio_tokens": billed.input_audio_tokens,
-                "input_image_tokens": billed.input_image_tokens,
-                "output_text_tokens": billed.output_text_tokens,
-                "output_audio_tokens": billed.output_audio_tokens,
+                "input_tokens": charged.input_tokens,
+                "output_tokens": charged.output_tokens,
+                "total_tokens": charged.total_tokens,
+                "input_text_tokens": charged.input_text_tokens,
+                "input_audio_tokens": charged.input_audio_tokens,
+                "input_image_tokens": charged.input_image_tokens,
+                "output_text_tokens": charged.output_text_tokens,
+                "output_audio_tokens": charged.output_audio_tokens,
             }
         assert row["usage_total_tokens"] == sum(t["usage"]["total_tokens"] for t in turns)
-        # the estimate counted every turn's re-billed context exactly as the simulator bills it; on top,
-        # the estimate re-bills every earlier answer's text (the assumed 24 tokens each: turn 2 re-reads
-        # one answer, turn 3 two), which this simulator does not bill
+        # the estimate counted every turn's re-billed context as the simulator bills it: the input exactly,
+        # the earlier answers (turn 2 re-reads one, turn 3 two) at the assumed 24 text tokens each where
+        # the simulator bills their real text
         assert row["est_input_audio_tokens"] == row["usage_input_audio_tokens"]
         assert row["est_input_image_tokens"] == row["usage_input_image_tokens"]
-        assert row["est_input_text_tokens"] == row["usage_input_text_tokens"] + (1 + 2) * 24
+        said = [t["usage"]["output_text_tokens"] for t in turns]
+        assert row["est_input_text_tokens"] - (1 + 2) * 24 == row["usage_input_text_tokens"] - (2 * said[0] + said[1])
         # WAVs: one per turn, and the whole conversation's answer audio
         whole_rate, whole = wav_frames(out / row["output_wav"])
         assert row["output_wav"] == f"audio/talk-{n}.wav"
@@ -272,8 +260,7 @@ def test_three_turn_job_answers_in_order_with_turn_wavs_and_the_simulators_usage
         assert whole == b"".join(pieces)
 
 
-def test_a_conversation_with_a_tool_round_in_each_turn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    servers = Servers(monkeypatch)
+def test_a_conversation_with_a_tool_round_in_each_turn(tmp_path: Path) -> None:
     folder = tmp_path / "job"
     folder.mkdir()
     write_audio(folder / "a.wav", seconds=0.5, rate=16_000, channels=1)
@@ -283,13 +270,15 @@ def test_a_conversation_with_a_tool_round_in_each_turn(tmp_path: Path, monkeypat
     turns = [{"audio": "a.wav", "prompt": "Please note this."}, {"prompt": "Now note that too."}]
     (folder / "m.jsonl").write_text(json.dumps({"id": "t", "turns": turns}) + "\n")
     out = tmp_path / "out"
-    assert run_job(folder / "m.jsonl", out, tools=folder / "tools.py").exit_code == 0
+    outcome, stats = run_job(folder / "m.jsonl", out, tools=folder / "tools.py")
+    assert outcome.exit_code == 0
     [row] = pq.read_table(out / "results.parquet").to_pylist()
+    session = billed(stats, row["session_id"])
     assert [len(t["response_ids"]) for t in row["turns"]] == [2, 2]  # a call, then the answer, per turn
     assert [(c["turn"], c["name"]) for c in row["tool_calls"]] == [(1, "note"), (2, "note")]
     assert [c["call_id"] for t in row["turns"] for c in t["tool_calls"]] == [c["call_id"] for c in row["tool_calls"]]
     for turn in row["turns"]:
-        total = sum(servers.usage(rid).total_tokens for rid in turn["response_ids"])
+        total = sum(session[rid].total_tokens for rid in turn["response_ids"])
         assert turn["usage"]["total_tokens"] == total  # both responses of the turn
         assert "Tool note returned" in turn["output_transcript"]
 
@@ -301,7 +290,7 @@ def test_a_prompt_turn_on_a_model_without_text_input_goes_as_that_turns_instruct
     turns = [{"audio": "a.wav"}, {"audio": "a.wav", "prompt": "Count the beeps."}, {"audio": "a.wav"}]
     (folder / "m.jsonl").write_text(json.dumps({"id": "f", "instructions": "Be kind.", "turns": turns}) + "\n")
     out = tmp_path / "out"
-    assert run_job(folder / "m.jsonl", out, model=FLASH.name).exit_code == 0
+    assert run_job(folder / "m.jsonl", out, model=FLASH.name)[0].exit_code == 0
     [row] = pq.read_table(out / "results.parquet").to_pylist()
     said = [t["output_transcript"] for t in row["turns"]]
     assert said[0].endswith("Instructions: 'Be kind.'.")
@@ -315,7 +304,7 @@ def test_a_livetranslate_conversation_row_fails_before_any_session(tmp_path: Pat
     write_audio(folder / "a.wav", seconds=0.5, rate=16_000, channels=1)
     (folder / "m.jsonl").write_text(json.dumps({"id": "lt", "turns": [{"audio": "a.wav"}, {"audio": "a.wav"}]}) + "\n")
     out = tmp_path / "out"
-    assert run_job(folder / "m.jsonl", out, model="qwen3-livetranslate-flash-realtime").exit_code == 1
+    assert run_job(folder / "m.jsonl", out, model="qwen3-livetranslate-flash-realtime")[0].exit_code == 1
     [row] = pq.read_table(out / "results.parquet").to_pylist()
     assert row["attempts"] == 0 and "answers each utterance by itself" in row["error_message"]
 
@@ -338,7 +327,7 @@ def test_partial_records_carry_their_billed_tokens_into_the_rerun(tmp_path: Path
     journal = results.Journal(out)
     journal.append(partial.to_record())
     journal.close()
-    assert run_job(source, out).exit_code == 0
+    assert run_job(source, out)[0].exit_code == 0
     [row] = pq.read_table(out / "results.parquet").to_pylist()
     assert row["status"] == "ok" and row["failed_attempt_tokens"] == 321
 

@@ -39,8 +39,8 @@ from batchqwen.realtime.events import (
     SessionUpdated,
 )
 from batchqwen.realtime.protocol import ClientTurn, FunctionCall, State, ToolOutput
-from batchqwen.sim.core import ServerSession
 from batchqwen.sim.server import Simulator, SimulatorConfig
+from batchqwen.sim.tools import arguments_for, call_prompt
 from batchqwen.tools import Toolbox, load_tools, schema_for_hint, tool_of_function
 
 OMNI35 = get_model("qwen3.5-omni-flash-realtime")
@@ -549,23 +549,21 @@ def test_extract_gives_typed_columns_whose_parquet_schema_follows_the_json_schem
 
 
 def test_extract_fails_the_rows_whose_arguments_do_not_validate_and_keeps_the_others(tmp_path: Path) -> None:
-    # the simulator fills a string argument with the prompt (clipped to 40 characters): a long prompt
-    # breaks maxLength 30, a short one fits; the schema decides, row by row
+    # the simulator's arguments follow the schema, deterministically (sim.tools.arguments_for); one row
+    # switches its connection's calls to arguments that break it (sim_fault=bad_argument_type)
     declared = tmp_path / "tools.json"
     parameters = {
         "type": "object",
-        "properties": {"note": {"type": "string", "maxLength": 30}, "size": {"type": "integer"}},
+        "properties": {"note": {"type": "string", "maxLength": 30}, "size": {"type": "integer", "minimum": 1}},
         "required": ["note", "size"],
     }
     declared.write_text(json.dumps([{"type": "function", "function": {"name": "note", "parameters": parameters}}]))
-    manifest = write_job(
-        tmp_path / "job",
-        [
-            {"id": "short", "instructions": "Use note."},
-            {"id": "long", "instructions": "Use note to write down everything this caller says, word by word."},
-            {"id": "short2", "instructions": "Call note now."},
-        ],
-    )
+    prompts = {
+        "short": "Use note.",
+        "broken": "Use note to write down what the caller says. sim_fault=bad_argument_type",
+        "long": "Call note and write down everything this caller says, word by word.",
+    }
+    manifest = write_job(tmp_path / "job", [{"id": key, "instructions": text} for key, text in prompts.items()])
     out = tmp_path / "out"
     result = cli_run(
         str(manifest), "--simulate", "--model", OMNI35.name, "--tools", str(declared), "--extract", "note",
@@ -573,18 +571,56 @@ def test_extract_fails_the_rows_whose_arguments_do_not_validate_and_keeps_the_ot
     )  # fmt: skip
     assert result.exit_code == 1, result.output
     rows = {r["id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
-    assert rows["short"]["status"] == rows["short2"]["status"] == "ok"
-    assert rows["short"]["extract_note"] == "Use note." and rows["short"]["extract_size"] == len("Use note.")
-    long = rows["long"]
-    assert long["status"] == "failed" and long["error_type"] == "extract" and long["error_code"] == "validation"
-    assert long["error_message"] == (
-        "--extract note: the final arguments do not match the schema:"
-        " 'Use note to write down everything this …' is too long (at $.note)"
+    for key in ("short", "long"):  # the columns hold exactly what the simulator's rules predict
+        predicted = arguments_for(parameters, call_prompt(prompts[key], []))
+        assert rows[key]["status"] == "ok"
+        assert (rows[key]["extract_note"], rows[key]["extract_size"]) == (predicted["note"], predicted["size"])
+        assert rows[key]["tool_calls"][0]["output"] == '{"noted": true}'
+    broken = rows["broken"]
+    assert broken["status"] == "failed" and broken["error_type"] == "extract" and broken["error_code"] == "validation"
+    wrong = json.loads(broken["tool_calls"][0]["arguments"])["note"]
+    assert broken["error_message"] == (
+        f"--extract note: the final arguments do not match the schema: {wrong!r} is not of type 'string' (at $.note)"
     )
-    told = json.loads(long["tool_calls"][0]["output"])  # the model was told why, too
-    assert told["error"]["type"] == "invalid_arguments" and "is too long" in told["error"]["message"]
-    assert long["extract_note"] is None and long["usage_total_tokens"]  # paid for, recorded
-    assert rows["short"]["tool_calls"][0]["output"] == '{"noted": true}'
+    told = json.loads(broken["tool_calls"][0]["output"])  # the model was told why, too
+    assert told["error"]["type"] == "invalid_arguments" and "is not of type 'string'" in told["error"]["message"]
+    assert broken["extract_note"] is None and broken["usage_total_tokens"]  # paid for, recorded
+
+
+def test_max_tool_rounds_and_several_calls_against_the_simulator(tmp_path: Path, tools_py: Path) -> None:
+    manifest = write_job(
+        tmp_path / "job",
+        [
+            {"id": "two-rounds", "instructions": "Use echo. sim_tool_rounds=2"},
+            {"id": "three-rounds", "instructions": "Use echo. sim_tool_rounds=3"},
+            {"id": "parallel", "instructions": "Use echo and record_order."},
+        ],
+    )
+    out = tmp_path / "out"
+    result = cli_run(
+        str(manifest), "--simulate", "--model", OMNI35.name, "--tools", str(tools_py), "--max-tool-rounds", "2",
+        "--out", str(out), "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    rows = {r["id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
+    two = rows["two-rounds"]
+    assert two["status"] == "ok" and len(two["response_ids"]) == 3  # call, call after its output, answer
+    assert [c["name"] for c in two["tool_calls"]] == ["echo", "echo"] and all(c["output"] for c in two["tool_calls"])
+    three = rows["three-rounds"]
+    assert three["status"] == "failed" and three["error_type"] == "tool_rounds"
+    assert three["error_message"] == (
+        "the model asked for tool round 3 past the limit of 2 (--max-tool-rounds); its calls were not run"
+    )
+    assert [(c["output"] is not None, c["error"]) for c in three["tool_calls"]] == [
+        (True, None),
+        (True, None),
+        (False, "not run: past --max-tool-rounds"),
+    ]
+    assert three["usage_total_tokens"] and len(three["response_ids"]) == 3  # billed and kept
+    parallel = rows["parallel"]
+    assert parallel["status"] == "ok" and len(parallel["response_ids"]) == 2  # both calls in one response
+    assert sorted(c["name"] for c in parallel["tool_calls"]) == ["echo", "record_order"]
+    assert all(c["error"] is None and c["output"] for c in parallel["tool_calls"])
 
 
 def test_tools_on_a_model_without_them_are_refused_before_any_session(tmp_path: Path, tools_py: Path) -> None:
@@ -640,8 +676,8 @@ def test_a_row_whose_model_has_no_tools_fails_without_a_session(tmp_path: Path, 
 
 
 def test_the_budget_counts_the_tool_rounds_that_happen(tmp_path: Path, tools_py: Path) -> None:
-    """A session with one real tool round is charged both responses, whatever the estimate assumed."""
-    manifest = write_job(tmp_path / "job", [{"id": "a", "instructions": "Use echo."}])
+    """A session with three real tool rounds is charged its four responses, whatever the estimate assumed."""
+    manifest = write_job(tmp_path / "job", [{"id": "a", "instructions": "Use echo. sim_tool_rounds=3"}])
     prices_file = tmp_path / "prices.toml"  # qwen3.5-omni has no published price: a test's own
     prices_file.write_text(
         'source = "test"\nas_of = "2026-12"\ncurrency = "CNY"\n'
@@ -650,14 +686,8 @@ def test_the_budget_counts_the_tool_rounds_that_happen(tmp_path: Path, tools_py:
         "output_text_textonly = 60\noutput_text_multimodal = 60\noutput_text_audio = 300\n"
     )
     prices = cost.load_prices(prices_file)
-    servers: list[ServerSession] = []
-    original = ServerSession.__init__
 
-    def keep(self: ServerSession, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        servers.append(self)
-
-    async def main() -> tuple[Any, Limiter, cost.TokenEstimate]:
+    async def main() -> tuple[Any, Limiter, cost.TokenEstimate, list[Any]]:
         async with Simulator(SimulatorConfig()) as sim:
             config = RunConfig(
                 manifest, tmp_path / "out", model=OMNI35.name, base_url=sim.url, api_key=KEY, tools=tools_py,
@@ -679,18 +709,17 @@ def test_the_budget_counts_the_tool_rounds_that_happen(tmp_path: Path, tools_py:
             limiter = Limiter(concurrency=1, rpm=None, tpm=None, max_cost=100.0)
             estimate, _ = runner.estimate_ready(ready, ctx)
             row = await runner.session(ready, ctx, limiter)
-            return row, limiter, estimate
+            return row, limiter, estimate, sim.stats.billing[row.session_id or ""]
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ServerSession, "__init__", keep)
-        row, limiter, estimate = asyncio.run(main())
-    [server] = servers
-    assert len(row.response_ids) == 2 and list(server.usages) == row.response_ids
-    usage = list(server.usages.values())
-    assert row.usage_total_tokens == usage[0].total_tokens + usage[1].total_tokens  # both responses
+    row, limiter, estimate, records = asyncio.run(main())
+    assert len(row.response_ids) == 4 and [r.response_id for r in records] == row.response_ids
+    assert [r.function_calls for r in records] == [("echo",)] * 3 + [()]  # the rounds the simulator billed
+    usage = [r.usage for r in records]
+    assert row.usage_total_tokens == sum(u.total_tokens for u in usage)  # every response
     price = prices.lookup(OMNI35.name, "cn-beijing")
     assert price is not None and row.cost is not None
-    charged, _ = cost.cost_of_usage(price, usage[0] + usage[1], estimate=estimate, modalities=("text", "audio"))
+    everything = usage[0] + usage[1] + usage[2] + usage[3]
+    charged, _ = cost.cost_of_usage(price, everything, estimate=estimate, modalities=("text", "audio"))
     assert limiter.spent == pytest.approx(row.cost) == pytest.approx(charged)  # what happened, not assumed
     assert row.est_cost == pytest.approx(cost.cost_of_estimate(price, estimate, modalities=("text", "audio")))
     assert estimate.output_text == 24  # the estimate assumed no round (--assume-tool-rounds 0): one answer
