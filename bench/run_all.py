@@ -137,11 +137,15 @@ def main() -> None:
     estimate_args = [str(HERE / "bench_estimate.py"), "--rows", "1000" if q else "10000"] + ([] if q else ["--million"])
     estimated = subprocess.run([sys.executable, *estimate_args], capture_output=True, text=True, check=True, cwd=ROOT)
     section("8. batchqwen estimate on distinct files, before and now (bench/bench_estimate.py)", estimated.stdout)
-    print("9. tools and conversations ...", file=sys.stderr, flush=True)
+    print("9. the HTML report ...", file=sys.stderr, flush=True)
+    report_args = [str(HERE / "bench_report.py"), "--items", "10000" if q else "100000"]
+    reported = subprocess.run([sys.executable, *report_args], capture_output=True, text=True, check=True, cwd=ROOT)
+    section("9. The HTML report at scale (bench/bench_report.py)", reported.stdout)
+    print("10. tools and conversations ...", file=sys.stderr, flush=True)
     tool_args = [str(HERE / "bench_tools.py")] + (["--calls", "320", "--items", "8"] if q else [])
     tooled = subprocess.run([sys.executable, *tool_args], capture_output=True, text=True, check=True, cwd=ROOT)
     section(
-        "9. Tools and conversations (bench/bench_tools.py; the simulator in the same process here)",
+        "10. Tools and conversations (bench/bench_tools.py; the simulator in the same process here)",
         tooled.stdout.split("\n", 2)[2].strip(),  # without its machine line: the page has one
     )
 
