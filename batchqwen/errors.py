@@ -9,7 +9,9 @@
     │   ├── InputFileError         a file the row names is missing or unreadable
     │   │   └── FetchFailed        a remote file that could not be read after its retries
     │   ├── MediaRefused           a file a manifest from elsewhere may not name (local path, private address)
-    │   └── MediaError             a file that is present but cannot be decoded / converted
+    │   ├── MediaError             a file that is present but cannot be decoded / converted
+    │   ├── ExtractError           --extract: the tool was never called, or its final arguments do not validate
+    │   └── ToolRoundsExceeded     the model asked for more tool rounds than --max-tool-rounds allows
     ├── ProtocolError              a frame or an event order that breaks the protocol
     │   └── InvalidState           an illegal call on the protocol core, raised at once
     ├── RemoteError                something the service (or the network to it) did
@@ -78,6 +80,18 @@ class MediaRefused(ItemError):
     """A file the row may not name: a local path in a manifest from a bucket or URL, a private address."""
 
     kind = "refused"
+
+
+class ExtractError(ItemError):
+    kind = "extract"
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code  # not_called | invalid_json | validation
+
+
+class ToolRoundsExceeded(ItemError):
+    kind = "tool_rounds"
 
 
 class ProtocolError(BatchQwenError):

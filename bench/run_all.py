@@ -141,11 +141,18 @@ def main() -> None:
     report_args = [str(HERE / "bench_report.py"), "--items", "10000" if q else "100000"]
     reported = subprocess.run([sys.executable, *report_args], capture_output=True, text=True, check=True, cwd=ROOT)
     section("9. The HTML report at scale (bench/bench_report.py)", reported.stdout)
-    print("10. media and outputs in a bucket ...", file=sys.stderr, flush=True)
+    print("10. tools and conversations ...", file=sys.stderr, flush=True)
+    tool_args = [str(HERE / "bench_tools.py")] + (["--calls", "320", "--items", "8"] if q else [])
+    tooled = subprocess.run([sys.executable, *tool_args], capture_output=True, text=True, check=True, cwd=ROOT)
+    section(
+        "10. Tools and conversations (bench/bench_tools.py; the simulator in the same process here)",
+        tooled.stdout.split("\n", 2)[2].strip(),  # without its machine line: the page has one
+    )
+    print("11. media and outputs in a bucket ...", file=sys.stderr, flush=True)
     storage_args = [str(HERE / "bench_storage.py")] + (["--quick"] if q else [])
     stored = subprocess.run([sys.executable, *storage_args], capture_output=True, text=True, check=True, cwd=ROOT)
     section(
-        "10. Media and outputs in a bucket (moto's S3 server) vs on local disk (bench/bench_storage.py)", stored.stdout
+        "11. Media and outputs in a bucket (moto's S3 server) vs on local disk (bench/bench_storage.py)", stored.stdout
     )
 
     info = machine()
