@@ -196,3 +196,19 @@ def test_gcs_filesystem_is_made_with_its_options() -> None:
 
     made = Storage(StorageOptions(timeout=2.0, attempts=3)).filesystem(Remote("gs://bucket/a.wav"))
     assert isinstance(made, pafs.GcsFileSystem)
+
+
+def test_conversation_turns_follow_the_trust_rules(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        '{"id": "c", "turns": [{"audio": "/etc/passwd"}, {"audio": "s3://b/k.wav"}, {"prompt": "hi"}]}\n'
+    )
+    item = next(iter(iter_items(manifest, options=ManifestOptions(origin="s3://b/jobs/m.jsonl"))))
+    with pytest.raises(MediaRefused) as refused:
+        validate_item(item)
+    assert "local file /etc/passwd refused" in str(refused.value)
+    assert "s3://b/k.wav: media in a bucket or behind a URL are not supported in conversation turns yet" in str(
+        refused.value
+    )
+    local = next(iter(iter_items(manifest)))  # the user's own manifest: the local file is a turn's audio
+    assert local.turns[0].audio == Path("/etc/passwd")
