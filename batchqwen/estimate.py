@@ -38,6 +38,7 @@ from typing import Any, TypeVar, cast
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batchqwen import images as image_plan
 from batchqwen.cost import (
     MODALITIES,
     ModelPrice,
@@ -48,13 +49,14 @@ from batchqwen.cost import (
     estimate_tokens,
 )
 from batchqwen.errors import BatchQwenError
+from batchqwen.images import ImageFrames
 from batchqwen.items import Item
 from batchqwen.manifest import RawRows, items_of, iter_raw_rows, validate_item
 from batchqwen.media import (
     DEFAULT_MAX_VIDEO_FRAMES,
-    fit_image_size,
-    probe_audio_seconds,
-    probe_image_size,
+    measure_audio,
+    part_sizes,
+    probe_image_parts,
     probe_video,
 )
 from batchqwen.plan import plan_item
@@ -89,6 +91,11 @@ ESTIMATE_SCHEMA = pa.schema(
         ("currency", pa.string()),
         ("price_known", pa.bool_()),
         ("problem", pa.string()),
+        # how the audio's length was measured: header, file_size, packet_scan, decode (batchqwen.probe),
+        # silence (padded), null (no audio); the fallbacks' bytes read; what the estimate decided
+        ("duration_method", pa.string()),
+        ("probe_bytes_read", pa.int64()),
+        ("notes", pa.list_(pa.string())),
     ]
 )
 
@@ -106,6 +113,9 @@ class RowEstimate:
     image_count: int = 0
     tokens: TokenEstimate | None = None
     problem: str | None = None
+    duration_method: str | None = None  # see ESTIMATE_SCHEMA
+    probe_bytes_read: int | None = None
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -196,6 +206,7 @@ class _Settings:
     max_video_frames: int
     target_language: str | None = None
     source_language: str | None = None
+    image_frames: ImageFrames = "first"
 
 
 def estimate_item(
@@ -211,6 +222,7 @@ def estimate_item(
     voice: str | None = None,
     target_language: str | None = None,
     source_language: str | None = None,
+    image_frames: ImageFrames = "first",
 ) -> RowEstimate:
     """Estimate one item from its media's metadata; a local problem becomes the row's ``problem``."""
     settings = _Settings(
@@ -224,6 +236,7 @@ def estimate_item(
         max_video_frames,
         target_language,
         source_language,
+        image_frames,
     )
     return _estimate_item(item, settings)
 
@@ -291,17 +304,33 @@ def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
         )
         model, model_name, modalities = plan.model, plan.model.name, plan.modalities
         validate_item(item)
-        audio_seconds = _PROBES.get(item.audio, probe_audio_seconds) if item.audio is not None else 0.0
+        notes: list[str] = []
+        audio_seconds, read = 0.0, None
+        method: str | None = None
+        if item.audio is not None:
+            measured = _PROBES.get(item.audio, measure_audio)
+            audio_seconds, method, read = measured.seconds, measured.method, measured.bytes_read
+            notes.extend([measured.note] if measured.note else [])
         sizes: list[tuple[int, int]] = []
+        video_seconds = 0.0
         if item.video is not None:
             video = _PROBES.get(item.video, probe_video, fps=plan.video_fps, max_frames=s.max_video_frames)
             sizes.extend([video.frame_size] * len(video.frame_times))
+            video_seconds = video.duration_seconds
+            notes.extend(video.notes)
             if item.audio is None:  # an audio file, when given, is the sound; the video gives frames only
-                audio_seconds = video.audio_seconds
+                audio_seconds, method, read = video.audio_seconds, video.audio_method, video.bytes_read
         padded = 0.0
         if audio_seconds <= 0 and plan.pad_silence_seconds > 0:
-            padded = audio_seconds = plan.pad_silence_seconds
-        sizes.extend(fit_image_size(*_PROBES.get(path, probe_image_size)) for path in item.images)
+            # as the run pads: under a video with no sound, silence as long as the video (for its frames)
+            padded = audio_seconds = max(plan.pad_silence_seconds, video_seconds if sizes else 0.0)
+            method = "silence"
+        planned = [_PROBES.get(path, probe_image_parts, image_frames=s.image_frames) for path in item.images]
+        allowed = image_plan.images_allowed(plan.images_per_second, audio_seconds)
+        kept = image_plan.keep_counts([parts for _, parts in planned], len(sizes), allowed)
+        for path, (oriented, parts), count in zip(item.images, planned, kept, strict=True):
+            sizes.extend(part_sizes(oriented, parts, count))
+            notes.extend(image_plan.parts_notes(path, parts, count, plan.images_per_second))
         tokens = estimate_tokens(
             model,
             audio_seconds=audio_seconds,
@@ -322,6 +351,9 @@ def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
         padded_silence_seconds=padded,
         image_count=len(sizes),
         tokens=tokens,
+        duration_method=method,
+        probe_bytes_read=read,
+        notes=tuple(notes),
     )
 
 
@@ -379,6 +411,7 @@ def estimate_manifest(
     voice: str | None = None,
     target_language: str | None = None,
     source_language: str | None = None,
+    image_frames: ImageFrames = "first",
 ) -> EstimateReport:
     """Estimate tokens and cost of every row of the manifest at ``path``; no network access at all.
 
@@ -408,6 +441,7 @@ def estimate_manifest(
         max_video_frames,
         target_language,
         source_language,
+        image_frames,
     )
     writer = _RowWriter(out_dir / ESTIMATE_FILE) if out_dir is not None else None
     cores = os.cpu_count() or 1
@@ -566,6 +600,9 @@ def _record(report: EstimateReport, prices: PriceBook, writer: _RowWriter | None
             "currency": report.currency,
             "price_known": price is not None,
             "problem": row.problem,
+            "duration_method": row.duration_method,
+            "probe_bytes_read": row.probe_bytes_read,
+            "notes": list(row.notes),
         }
     )
 

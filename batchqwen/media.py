@@ -543,6 +543,7 @@ class VideoProbe:
     duration_method: probe.Method = "header"  # how the video's length was measured (see batchqwen.probe)
     audio_method: probe.Method | None = "header"  # how its audio track's was; None when it has none
     notes: tuple[str, ...] = ()  # why a fallback was taken
+    bytes_read: int | None = None  # a packet scan's: the file's size (it reads the packets through)
 
 
 def probe_video(path: Path, *, fps: float = 1.0, max_frames: int = DEFAULT_MAX_VIDEO_FRAMES) -> VideoProbe:
@@ -575,6 +576,7 @@ def probe_video(path: Path, *, fps: float = 1.0, max_frames: int = DEFAULT_MAX_V
             duration_method=measured.method if measured is not None else "decode",
             audio_method=None if audio is None else audio.method,
             notes=tuple(dict.fromkeys(notes)),
+            bytes_read=path.stat().st_size if notes else None,
         )
     raise MediaError(f"corrupt or unsupported video: {path} (no frame size)")
 

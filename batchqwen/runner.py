@@ -197,6 +197,8 @@ async def prepare(item: Item, ctx: ItemContext, *, decoder: Executor | None = No
             video_fps=plan.video_fps,
             pad_silence_seconds=plan.pad_silence_seconds,
             video_frames=config.video_frames,
+            image_frames=config.image_frames,
+            images_per_second=plan.images_per_second,
         )
         prepared = await asyncio.get_running_loop().run_in_executor(decoder, decode)
     except ItemError as exc:
@@ -666,6 +668,7 @@ async def _run_locked(
             pad_silence_seconds=config.pad_silence_seconds,
             out_dir=out,
             video_fps=config.video_fps,
+            image_frames=config.image_frames,
             voice=config.voice,
             target_language=config.translate_to,
             source_language=config.source_language,

@@ -1,0 +1,229 @@
+"""The media corpus (tests/media_corpus.py) through `batchqwen estimate` and `batchqwen run --simulate`,
+one run each: for every file the estimate's audio seconds are within 0.1 s of what the simulator
+counted as received (its own record, stats.received), the image counts agree, rotated photos and the
+rotated video arrive portrait; the fallbacks are taken where headers lie and only there.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from media_corpus import CorpusFile, centre_voice, encode_audio, make_corpus, write_animated, write_manifest
+from media_factory import write_huge_png_header, write_image
+
+from batchqwen import images as image_plan
+from batchqwen import media, probe
+from batchqwen.cli import main
+from batchqwen.errors import MediaError
+from batchqwen.items import Item
+from batchqwen.sim import server as sim_server
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[CorpusFile]]:
+    folder = tmp_path_factory.mktemp("corpus")
+    files = make_corpus(folder / "media")
+    return write_manifest(folder / "corpus.csv", files), files
+
+
+@pytest.fixture(scope="module")
+def estimated(corpus: tuple[Path, list[CorpusFile]]) -> dict[str, dict[str, Any]]:
+    manifest, _ = corpus
+    out = manifest.parent / "estimate"
+    result = CliRunner().invoke(main, ["estimate", str(manifest), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return {row["id"]: row for row in pq.read_table(out / "estimate.parquet").to_pylist()}
+
+
+@pytest.fixture(scope="module")
+def simulated(corpus: tuple[Path, list[CorpusFile]]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """`run --simulate` on the corpus; the result rows by id and the simulator's record by session id."""
+    manifest, _ = corpus
+    started: list[sim_server.Simulator] = []
+
+    class Recorded(sim_server.Simulator):
+        async def start(self) -> None:
+            started.append(self)
+            await super().start()
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(sim_server, "Simulator", Recorded)  # the runner imports it when --simulate starts it
+    try:
+        out = manifest.parent / "run"
+        result = CliRunner().invoke(main, ["run", str(manifest), "--simulate", "--out", str(out), "-q"])
+    finally:
+        patch.undo()
+    assert result.exit_code == 0, result.output
+    assert len(started) == 1
+    rows = {row["id"]: row for row in pq.read_table(out / "results.parquet").to_pylist()}
+    return rows, dict(started[0].stats.received)
+
+
+def test_estimate_agrees_with_what_the_simulator_received(
+    corpus: tuple[Path, list[CorpusFile]],
+    estimated: dict[str, dict[str, Any]],
+    simulated: tuple[dict[str, dict[str, Any]], dict[str, Any]],
+) -> None:
+    _, files = corpus
+    rows, received = simulated
+    assert len(files) >= 40
+    for f in files:
+        est, row = estimated[f.name], rows[f.name]
+        assert est["problem"] is None, (f.name, est["problem"])
+        assert row["status"] == "ok", (f.name, row["error_message"])
+        got = received[row["session_id"]]
+        assert abs(est["audio_seconds"] - got.audio_seconds) <= 0.1, (f.name, est["audio_seconds"], got.audio_seconds)
+        if f.seconds is not None:  # and both are the file's real length
+            assert abs(got.audio_seconds - f.seconds) <= 0.1, (f.name, got.audio_seconds, f.seconds)
+        assert est["image_count"] == len(got.images) == row["image_count"] == f.images, (f.name, est, got.images)
+        if f.portrait:
+            assert got.images and all(h > w for w, h in got.images), (f.name, got.images)
+        elif got.images and f.column == "video":
+            assert all(w > h for w, h in got.images), (f.name, got.images)
+
+
+def test_fallbacks_only_where_headers_lie(
+    corpus: tuple[Path, list[CorpusFile]], estimated: dict[str, dict[str, Any]]
+) -> None:
+    _, files = corpus
+    for f in files:
+        method = estimated[f.name]["duration_method"]
+        if f.column == "image" or (f.column == "video" and f.seconds is None):
+            assert method == "silence", (f.name, method)
+        elif f.fallback:
+            assert method in ("file_size", "packet_scan"), (f.name, method)
+            assert estimated[f.name]["probe_bytes_read"] > 0
+            assert any("duration from" in note for note in estimated[f.name]["notes"]), f.name
+        else:
+            assert method == "header", (f.name, method)
+
+
+def test_notes_say_what_was_decided(
+    estimated: dict[str, dict[str, Any]], simulated: tuple[dict[str, dict[str, Any]], dict[str, Any]]
+) -> None:
+    rows, _ = simulated
+    assert any("rotated 90° clockwise" in n for n in rows["mov_rotated_90"]["notes"])
+    assert any("first of 6 frames sent" in n for n in rows["animated_gif"]["notes"])
+    assert any("first of 6 frames sent" in n for n in estimated["animated_gif"]["notes"])
+    assert any("first of 3 frames sent" in n for n in rows["tiff_pages"]["notes"])
+    assert any("cut into 4 tiles" in n for n in rows["panorama"]["notes"])
+    assert any("2 of 4 tiles sent, 2 dropped" in n for n in estimated["panorama"]["notes"])
+    assert any("ITU-R BS.775" in n for n in rows["surround_5_1"]["notes"])
+    assert any("0xFFFFFFFF" in n for n in estimated["pipe_44k"]["notes"])
+    assert any("cut off" in n for n in estimated["cut_off"]["notes"])
+    assert estimated["mp4_h264"]["notes"] == []
+
+
+def test_max_cost_on_pipe_wavs_is_not_refused(tmp_path: Path) -> None:
+    from media_corpus import as_pipe_wav, write_pcm_wav
+
+    folder = tmp_path / "media"
+    folder.mkdir()
+    files = [
+        CorpusFile(f"pipe{n}", "audio", as_pipe_wav(write_pcm_wav(folder / f"p{n}.wav", seconds=3.2)), 3.2)
+        for n in range(2)
+    ]
+    manifest = write_manifest(tmp_path / "pipes.csv", files)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(manifest), "--simulate", "--max-cost", "1", "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    rows = pq.read_table(out / "estimate.parquet").to_pylist()
+    assert [round(row["audio_seconds"], 3) for row in rows] == [3.2, 3.2]
+    assert {row["duration_method"] for row in rows} == {"file_size"}
+
+
+def test_centre_voice_keeps_its_level(tmp_path: Path) -> None:
+    path = encode_audio(
+        tmp_path / "c.flac", container_format="flac", codec="flac", seconds=1.0, rate=16_000, layout="5.1",
+        signal=centre_voice(1.0, 16_000),
+    )  # fmt: skip
+    pcm, notes = media.decode_audio_noted(path)
+    mixed = np.frombuffer(pcm, dtype="<i2").astype(np.float64) / 32768
+    centre = centre_voice(1.0, 16_000)[2].astype(np.float64)
+    level = 20 * math.log10(np.sqrt(np.mean(mixed**2)) / np.sqrt(np.mean(centre**2)))
+    assert abs(level) < 0.5, level  # FFmpeg's default matrix put it 11 dB down
+    assert notes and "BS.775" in notes[0]
+
+
+def test_image_frames_all_stops_at_the_allowance(tmp_path: Path) -> None:
+    gif = write_animated(tmp_path / "a.gif", 8)
+    sound = encode_audio(tmp_path / "a.flac", container_format="flac", codec="flac", seconds=3.0, rate=16_000)
+    item = Item(id="x", row=1, audio=sound, images=(gif,))
+    prepared = media.prepare_item(item, image_frames="all")
+    assert len(prepared.images) == 4  # 3 s of audio: floor(3) + 1 images on Omni
+    assert any("4 of 8 frames sent, 4 dropped" in n for n in prepared.notes)
+    assert len(media.prepare_item(item, image_frames="all", images_per_second=2.0).images) == 7
+    assert len(media.prepare_item(item).images) == 1
+    digests = {image.jpeg for image in prepared.images}
+    assert len(digests) == 4  # four different frames, not the first one four times
+
+
+def test_heic_is_upright_and_unreadable_formats_are_named(tmp_path: Path) -> None:
+    from media_corpus import write_heic
+
+    heic = write_heic(tmp_path / "p.heic", 320, 240, exif_orientation=6)
+    sent = media.prepare_image(heic)
+    with Image.open(io.BytesIO(sent.jpeg)) as image:
+        assert image.size == (240, 320)
+        rgb = image.convert("RGB")
+        # the stored top-left red mark is at the top right once turned 90° clockwise
+        r, g, b = rgb.getpixel((235, 4))  # type: ignore[misc]
+        assert r > 200 and g < 80 and b < 80
+    fake = tmp_path / "photo.jxl"
+    fake.write_bytes(b"\xff\x0a" + b"\0" * 100)
+    with pytest.raises(MediaError, match=r"JPEG XL.*convert it to JPEG or PNG"):
+        media.prepare_image(fake)
+
+
+def test_bomb_is_a_plain_error_without_warnings(tmp_path: Path) -> None:
+    """Outside pytest (whose filters turn warnings into errors anyway): Pillow's DecompressionBombWarning
+    never reaches stderr; the row gets a plain error."""
+    big = write_huge_png_header(tmp_path / "big.png", 12_000, 9_000)  # 108 MP: Pillow warns, under 2x errors
+    code = (
+        "import sys; from pathlib import Path; from batchqwen import media\n"
+        "try:\n    media.prepare_image(Path(sys.argv[1]))\n"
+        "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-c", code, str(big)], capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.startswith("MediaError image too large"), done.stdout
+    assert done.stderr == "", done.stderr
+
+
+def test_thin_strip_refused_and_tiles_even() -> None:
+    with pytest.raises(ValueError, match="too thin"):
+        image_plan.tile_boxes(5000, 4)
+    boxes = image_plan.tile_boxes(20_000, 100)
+    assert len(boxes) == 11 and boxes[0][0] == 0 and boxes[-1][2] == 20_000
+    assert image_plan.tile_boxes(4000, 3000) == [(0, 0, 4000, 3000)]
+    assert len(image_plan.tile_boxes(100, 20_000)) == 11
+
+
+def test_probe_works_on_file_objects_and_counts_bytes(corpus: tuple[Path, list[CorpusFile]]) -> None:
+    _, files = corpus
+    by_name = {f.name: f for f in files}
+    with by_name["pipe_44k"].path.open("rb") as handle:
+        measured = probe.probe_audio(handle)
+    assert measured.method == "file_size" and abs(measured.seconds - 3.0) < 1e-3 and measured.bytes_read
+    with by_name["adts_aac"].path.open("rb") as handle:
+        scanned = probe.probe_audio(handle)
+    assert scanned.method == "packet_scan" and abs(scanned.seconds - 4.0) < 0.1
+    assert scanned.bytes_read >= by_name["adts_aac"].path.stat().st_size  # the packets are read through
+
+
+def test_write_image_helper_still_portrait(tmp_path: Path) -> None:
+    path = write_image(tmp_path / "r.jpg", 320, 240, exif_orientation=6)
+    assert media.probe_image_size(path) == (240, 320)
