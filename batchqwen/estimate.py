@@ -322,8 +322,10 @@ def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
                 audio_seconds, method, read = video.audio_seconds, video.audio_method, video.bytes_read
         padded = 0.0
         if audio_seconds <= 0 and plan.pad_silence_seconds > 0:
-            # as the run pads: under a video with no sound, silence as long as the video (for its frames)
-            padded = audio_seconds = max(plan.pad_silence_seconds, video_seconds if sizes else 0.0)
+            # as the run pads: on a family with a hard images-a-second limit, silence as long as a video
+            # with no sound (so its frames are not refused)
+            under_frames = video_seconds if sizes and plan.model.max_images_per_second is not None else 0.0
+            padded = audio_seconds = max(plan.pad_silence_seconds, under_frames)
             method = "silence"
         planned = [_PROBES.get(path, probe_image_parts, image_frames=s.image_frames) for path in item.images]
         allowed = image_plan.images_allowed(plan.images_per_second, audio_seconds)

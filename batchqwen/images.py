@@ -28,7 +28,7 @@ from typing import Literal
 ImageFrames = Literal["first", "all"]
 IMAGE_FRAMES: tuple[ImageFrames, ...] = ("first", "all")
 DEFAULT_IMAGES_PER_SECOND = 1.0  # Omni: "about 1 per second of audio" (realtime-protocol.md)
-TILE_MIN_SHORT_SIDE = 256  # px: below this a fitted strip loses its detail, so it is tiled instead
+TILE_MIN_SHORT_SIDE = 128  # px: below this a fitted strip (15:1 and thinner) loses its detail: tiled instead
 MIN_SHORT_SIDE = 10  # px: the service's smallest image side (Qwen-VL: width and height over 10 px)
 LONG_SIDE = 1920
 MULTI_FRAME_FORMATS = {"GIF", "WEBP", "PNG", "TIFF"}  # frames/pages that are pictures of their own

@@ -1010,15 +1010,17 @@ def prepare_item(
     video_frames: VideoFrames = "keyframes",
     image_frames: ImageFrames = "first",
     images_per_second: float = DEFAULT_IMAGES_PER_SECOND,
+    pad_under_frames: bool = False,
 ) -> PreparedInput:
     """Decode everything one item sends: audio (the audio file, else the video's track), video frames,
     images placed by :func:`image_times`; all images in time order. When nothing gives audio and
     ``pad_silence_seconds`` > 0, that much silence is the audio (the service needs audio before images);
-    under a video with no sound, silence as long as the video, so its frames fit the family's images a
-    second. ``video_frames`` picks the video's frames (see :func:`read_video`); ``image_frames`` says
-    whether animated / multi-page images send their first frame or all (see :mod:`batchqwen.images`),
-    and extra images (frames, tiles) stop at what ``images_per_second`` allows for the audio. Everything
-    decided (frames picked, rotation, downmix, silence, what was dropped) is in the result's ``notes``."""
+    with ``pad_under_frames`` (a family whose images a second are a hard limit: LiveTranslate), under a
+    video with no sound, silence as long as the video, so its frames are not refused.
+    ``video_frames`` picks the video's frames (see :func:`read_video`); ``image_frames`` says whether
+    animated / multi-page images send their first frame or all (see :mod:`batchqwen.images`), and extra
+    images (frames, tiles) stop at what ``images_per_second`` allows for the audio. Everything decided
+    (frames picked, rotation, downmix, silence, what was dropped) is in the result's ``notes``."""
     pcm = b""
     frames: tuple[TimedImage, ...] = ()
     notes: list[str] = []
@@ -1042,7 +1044,7 @@ def prepare_item(
     padded = 0.0
     if not pcm and pad_silence_seconds > 0:
         pad = pad_silence_seconds
-        if frames and video_seconds > pad:
+        if pad_under_frames and frames and video_seconds > pad:
             pad = video_seconds
             notes.append(f"{pad:.3f} s of silence under a video with no sound (its frames need audio)")
         pcm = silence(pad)

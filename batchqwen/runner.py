@@ -199,6 +199,7 @@ async def prepare(item: Item, ctx: ItemContext, *, decoder: Executor | None = No
             video_frames=config.video_frames,
             image_frames=config.image_frames,
             images_per_second=plan.images_per_second,
+            pad_under_frames=plan.model.max_images_per_second is not None,
         )
         prepared = await asyncio.get_running_loop().run_in_executor(decoder, decode)
     except ItemError as exc:

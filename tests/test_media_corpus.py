@@ -47,10 +47,9 @@ def estimated(corpus: tuple[Path, list[CorpusFile]]) -> dict[str, dict[str, Any]
     return {row["id"]: row for row in pq.read_table(out / "estimate.parquet").to_pylist()}
 
 
-@pytest.fixture(scope="module")
-def simulated(corpus: tuple[Path, list[CorpusFile]]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """`run --simulate` on the corpus; the result rows by id and the simulator's record by session id."""
-    manifest, _ = corpus
+def run_simulated(manifest: Path, out: Path, *options: str) -> tuple[int, dict[str, dict[str, Any]], dict[str, Any]]:
+    """`batchqwen run --simulate`: its exit code, the result rows by id and the simulator's own record of
+    what each session received (stats.received, by session id)."""
     started: list[sim_server.Simulator] = []
 
     class Recorded(sim_server.Simulator):
@@ -61,14 +60,22 @@ def simulated(corpus: tuple[Path, list[CorpusFile]]) -> tuple[dict[str, dict[str
     patch = pytest.MonkeyPatch()
     patch.setattr(sim_server, "Simulator", Recorded)  # the runner imports it when --simulate starts it
     try:
-        out = manifest.parent / "run"
-        result = CliRunner().invoke(main, ["run", str(manifest), "--simulate", "--out", str(out), "-q"])
+        result = CliRunner().invoke(main, ["run", str(manifest), "--simulate", "--out", str(out), "-q", *options])
     finally:
         patch.undo()
-    assert result.exit_code == 0, result.output
+    assert result.exit_code in (0, 1), result.output
     assert len(started) == 1
     rows = {row["id"]: row for row in pq.read_table(out / "results.parquet").to_pylist()}
-    return rows, dict(started[0].stats.received)
+    return result.exit_code, rows, dict(started[0].stats.received)
+
+
+@pytest.fixture(scope="module")
+def simulated(corpus: tuple[Path, list[CorpusFile]]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """`run --simulate` on the corpus: the result rows by id and the simulator's record by session id."""
+    manifest, _ = corpus
+    code, rows, received = run_simulated(manifest, manifest.parent / "run")
+    assert code == 0, [row["error_message"] for row in rows.values() if row["status"] != "ok"]
+    return rows, received
 
 
 def test_estimate_agrees_with_what_the_simulator_received(
@@ -227,3 +234,23 @@ def test_probe_works_on_file_objects_and_counts_bytes(corpus: tuple[Path, list[C
 def test_write_image_helper_still_portrait(tmp_path: Path) -> None:
     path = write_image(tmp_path / "r.jpg", 320, 240, exif_orientation=6)
     assert media.probe_image_size(path) == (240, 320)
+
+
+def test_silent_video_on_livetranslate_gets_silence_under_its_frames(
+    tmp_path: Path, corpus: tuple[Path, list[CorpusFile]]
+) -> None:
+    """LiveTranslate refuses more than 2 images a second of audio: a video with no sound gets silence as
+    long as itself (not the 1 s default), in the estimate and the run alike, and no frame is refused."""
+    _, files = corpus
+    silent = next(f for f in files if f.name == "mp4_no_audio")
+    manifest = write_manifest(tmp_path / "m.csv", [silent])
+    model = ["--model", "qwen3-livetranslate-flash-realtime", "--max-cost", "5", "--video-fps", "2"]
+    _, rows, received = run_simulated(manifest, tmp_path / "o", *model)
+    est = pq.read_table(tmp_path / "o" / "estimate.parquet").to_pylist()[0]
+    row = rows["mp4_no_audio"]
+    # silence has nothing to translate (the row fails for that), but every frame was taken
+    assert "no speech" in (row["error_message"] or ""), row["error_message"]
+    assert len(received) == 1  # one session (a failed row keeps no session id)
+    got = next(iter(received.values()))
+    assert abs(got.audio_seconds - 3.0) < 0.05 and abs(est["padded_silence_seconds"] - 3.0) < 0.05
+    assert est["image_count"] == len(got.images) == 6  # 3 s at 2 frames a second: 1 s of silence takes 3
