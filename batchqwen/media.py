@@ -546,12 +546,18 @@ class VideoProbe:
     bytes_read: int | None = None  # a packet scan's: the file's size (it reads the packets through)
 
 
-def probe_video(path: Path, *, fps: float = 1.0, max_frames: int = DEFAULT_MAX_VIDEO_FRAMES) -> VideoProbe:
+def probe_video(path: probe.Source, *, fps: float = 1.0, max_frames: int = DEFAULT_MAX_VIDEO_FRAMES) -> VideoProbe:
     """Duration, audio length, sampling moments and sent frame size of a video, without decoding: the
     lengths as :func:`batchqwen.probe.stream_duration` measures them (the header where sound, else a
-    packet scan), the same measure the run samples its frames on."""
+    packet scan), the same measure the run samples its frames on. ``path`` may be an open binary file
+    (a remote object read by ranges)."""
     for quick in (True, False):  # a container whose headers lack the frame size gets the full analysis
-        with _open_container(path, "video", quick=quick) as container:
+        opened = (
+            _open_container(path, "video", quick=quick)
+            if isinstance(path, Path)
+            else probe.open_container(path, "video", quick=quick)
+        )
+        with opened as container:
             if not container.streams.video:
                 raise MediaError(f"no video stream in {path}")
             video = container.streams.video[0]
@@ -576,7 +582,7 @@ def probe_video(path: Path, *, fps: float = 1.0, max_frames: int = DEFAULT_MAX_V
             duration_method=measured.method if measured is not None else "decode",
             audio_method=None if audio is None else audio.method,
             notes=tuple(dict.fromkeys(notes)),
-            bytes_read=path.stat().st_size if notes else None,
+            bytes_read=probe.file_size(path) if notes else None,
         )
     raise MediaError(f"corrupt or unsupported video: {path} (no frame size)")
 

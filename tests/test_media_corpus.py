@@ -254,3 +254,12 @@ def test_silent_video_on_livetranslate_gets_silence_under_its_frames(
     got = next(iter(received.values()))
     assert abs(got.audio_seconds - 3.0) < 0.05 and abs(est["padded_silence_seconds"] - 3.0) < 0.05
     assert est["image_count"] == len(got.images) == 6  # 3 s at 2 frames a second: 1 s of silence takes 3
+
+
+def test_probe_video_on_a_file_object(corpus: tuple[Path, list[CorpusFile]]) -> None:
+    _, files = corpus
+    recorder = next(f for f in files if f.name == "mediarecorder_video")
+    with recorder.path.open("rb") as handle:
+        probed = media.probe_video(handle)
+    assert probed.duration_method == "packet_scan" and len(probed.frame_times) == 4
+    assert probed.bytes_read == recorder.path.stat().st_size
