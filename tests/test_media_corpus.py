@@ -175,6 +175,22 @@ def test_image_frames_all_stops_at_the_allowance(tmp_path: Path) -> None:
     assert len(media.prepare_item(item).images) == 1
     digests = {image.jpeg for image in prepared.images}
     assert len(digests) == 4  # four different frames, not the first one four times
+    # the estimate counts the same, from the header alone
+    from batchqwen.cost import OutputAssumption
+    from batchqwen.estimate import estimate_item
+
+    common: dict[str, Any] = {
+        "default_model": "qwen3-omni-flash-realtime",
+        "modalities": ("text", "audio"),
+        "instructions": None,
+        "output": OutputAssumption(output_seconds_per_item=8.0),
+        "pad_silence_seconds": 1.0,
+    }
+    every = estimate_item(item, image_frames="all", **common)
+    assert every.image_count == 4 and every.duration_method == "header"
+    assert any("4 of 8 frames sent, 4 dropped" in n for n in every.notes)
+    first = estimate_item(item, **common)
+    assert first.image_count == 1 and any("first of 8 frames sent" in n for n in first.notes)
 
 
 def test_heic_is_upright_and_unreadable_formats_are_named(tmp_path: Path) -> None:
@@ -263,3 +279,17 @@ def test_probe_video_on_a_file_object(corpus: tuple[Path, list[CorpusFile]]) -> 
         probed = media.probe_video(handle)
     assert probed.duration_method == "packet_scan" and len(probed.frame_times) == 4
     assert probed.bytes_read == recorder.path.stat().st_size
+
+
+def test_rotated_video_frames_are_turned_the_right_way(corpus: tuple[Path, list[CorpusFile]]) -> None:
+    """The MOV's display matrix says "turn 90° clockwise" (a phone held upright): the red mark stored at
+    the top left of each frame must arrive at the top right."""
+    _, files = corpus
+    rotated = next(f for f in files if f.name == "mov_rotated_90")
+    read = media.read_video(rotated.path)
+    assert read.frames and all(frame.height > frame.width for frame in read.frames)
+    with Image.open(io.BytesIO(read.frames[0].jpeg)) as image:
+        rgb = image.convert("RGB")
+        r, g, b = rgb.getpixel((image.width - 3, 3))  # type: ignore[misc]
+        r2, _, _ = rgb.getpixel((3, 3))  # type: ignore[misc]
+    assert r > 200 and g < 80 and b < 80 and r2 < 100
