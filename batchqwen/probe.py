@@ -48,8 +48,9 @@ Source = Path | IO[bytes]
 _GUESSED_FORMATS = {"aac", "amr", "amrnb", "amrwb", "ac3", "eac3", "mpeg", "mpegts", "loas", "latm"}
 _MATROSKA = "matroska"  # FFmpeg's name is "matroska,webm"
 _QUICK_PROBE = {"probesize": "65536", "analyzeduration": "200000"}
-_WAV_HEADER_READ = 4096  # enough for RIFF + fmt + the usual LIST/bext/fact chunks before data
+_MP3_HEAD = 4096  # bytes read to find the first MPEG frame and its Xing/Info/VBRI header
 _UNKNOWN_SIZES = (0xFFFFFFFF, 0)  # what writers to a pipe put in a size they cannot go back and fill
+_WAV_SUFFIXES = {".wav", ".wave", ".bwf", ".rf64"}  # files whose header probe.py reads itself
 
 
 @dataclass(frozen=True)
@@ -226,20 +227,31 @@ def _wav_seconds(layout: WavLayout, file_size: int, name: str) -> tuple[float, M
 # --------------------------------------------------------------------------------------------- MP3
 
 
-def _mp3_has_length_header(reader: IO[bytes]) -> bool:
-    """True when the first MPEG audio frame carries a Xing, Info or VBRI header (the exact frame count)."""
-    head = reader.read(10)
+def _mp3_has_length_header(source: Source) -> bool:
+    """True when the first MPEG audio frame carries a Xing, Info or VBRI header (the exact frame count).
+    Reads about 4 KB past the ID3v2 tag (unbuffered: this runs on every MP3 the estimate probes)."""
+    head = _read_at(source, 0, _MP3_HEAD)
     start = 0
-    if head[:3] == b"ID3" and len(head) == 10:
+    if head[:3] == b"ID3" and len(head) >= 10:
         tag_size = (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | (head[9] & 0x7F)
         start = 10 + tag_size + (10 if head[5] & 0x10 else 0)
-    reader.seek(start)
-    data = reader.read(4096)
-    for i in range(len(data) - 1):
-        if data[i] == 0xFF and data[i + 1] & 0xE0 == 0xE0:  # frame sync
-            frame = data[i : i + 200]
+    data = head[start:] if start + 1024 <= len(head) else _read_at(source, start, _MP3_HEAD)
+    at = 0
+    while (at := data.find(b"\xff", at)) >= 0 and at + 1 < len(data):
+        if data[at + 1] & 0xE0 == 0xE0:  # frame sync
+            frame = data[at : at + 200]
             return b"Xing" in frame or b"Info" in frame or b"VBRI" in frame
+        at += 1
     return False
+
+
+def _read_at(source: Source, offset: int, size: int) -> bytes:
+    if isinstance(source, Path):
+        with source.open("rb", buffering=0) as handle:
+            handle.seek(offset)
+            return handle.read(size)
+    source.seek(offset)
+    return source.read(size)
 
 
 # ----------------------------------------------------------------------------------------- streams
@@ -336,7 +348,10 @@ def probe_audio(source: Source, *, decode: Callable[[Source], float] | None = No
     """
     size = _size(source)
     name = _name(source)
-    layout, header_bytes = _with_reader(source, read_wav_layout)
+    # WAV headers are read here (FFmpeg's WAV probe costs milliseconds); other files go straight to FFmpeg,
+    # which reads a misnamed WAV right too. A file object is always sniffed: one small ranged read.
+    sniff = not isinstance(source, Path) or source.suffix.lower() in _WAV_SUFFIXES
+    layout, header_bytes = _with_reader(source, read_wav_layout) if sniff else (None, 0)
     if layout is not None:
         seconds, method, note = _wav_seconds(layout, size, name)
         if seconds > 0 or method == "header":
@@ -347,7 +362,7 @@ def probe_audio(source: Source, *, decode: Callable[[Source], float] | None = No
         stream = container.streams.audio[0]
         trust = True
         if container.format.name == "mp3":
-            trust, _ = _with_reader(source, _mp3_has_length_header)
+            trust = _mp3_has_length_header(source)
         stated = header_seconds(container, stream) if trust else None
         if stated is not None:
             return Measured(stated, "header")
