@@ -37,15 +37,18 @@ _FORMAT_NAMES = {"GIF": "animated GIF", "WEBP": "animated WebP", "PNG": "animate
 _plugins_registered = False
 
 
-def register_plugins() -> None:
-    """Teach Pillow HEIC/HEIF (pillow-heif, iPhone photos); AVIF is Pillow's own from 11.2. Idempotent."""
+def register_plugins() -> bool:
+    """Teach Pillow HEIC/HEIF (pillow-heif, iPhone photos); AVIF is Pillow's own from 11.2. True when it
+    registered them now, False when they already were (called on the first file Pillow cannot identify,
+    so a run without HEIC photos never pays the plugin's import)."""
     global _plugins_registered
     if _plugins_registered:
-        return
+        return False
     from pillow_heif import register_heif_opener
 
     register_heif_opener()
     _plugins_registered = True
+    return True
 
 
 def tile_boxes(width: int, height: int) -> list[tuple[int, int, int, int]]:

@@ -93,7 +93,6 @@ DOWNMIX_COEFFICIENTS = {
 }  # fmt: skip
 _OTHER_CHANNEL = 0.5  # height and wide channels
 
-image_plan.register_plugins()
 # Pillow's decompression-bomb warning is raised, not printed, so it becomes the row's plain error
 # (MAX_SOURCE_PIXELS is checked by batchqwen itself; this only keeps Pillow's raw warning off the terminal)
 warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
@@ -309,7 +308,12 @@ def _open_image(path: Path) -> Image.Image:
     """Lazy Pillow open with the size guard; no pixels decoded yet."""
     _check_file(path)
     try:
-        image = Image.open(path)
+        try:
+            image = Image.open(path)
+        except UnidentifiedImageError:
+            if not image_plan.register_plugins():  # HEIC/HEIF: its plugin is loaded on first need
+                raise
+            image = Image.open(path)
     except PermissionError as exc:
         raise InputFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -204,6 +204,10 @@ def test_heic_is_upright_and_unreadable_formats_are_named(tmp_path: Path) -> Non
         # the stored top-left red mark is at the top right once turned 90° clockwise
         r, g, b = rgb.getpixel((235, 4))  # type: ignore[misc]
         assert r > 200 and g < 80 and b < 80
+    # in a fresh process the HEIF plugin is loaded on the first file Pillow cannot identify
+    code = "import sys, pathlib; from batchqwen import media; print(media.probe_image_size(pathlib.Path(sys.argv[1])))"
+    done = subprocess.run([sys.executable, "-c", code, str(heic)], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "(240, 320)", done.stderr
     fake = tmp_path / "photo.jxl"
     fake.write_bytes(b"\xff\x0a" + b"\0" * 100)
     with pytest.raises(MediaError, match=r"JPEG XL.*convert it to JPEG or PNG"):
