@@ -54,6 +54,7 @@ def encode_audio(
     container_options: dict[str, str] | None = None,
     codec_options: dict[str, str] | None = None,
     vbr_quality: int | None = None,
+    sample_format: str | None = None,
 ) -> Path:
     """Speech-like audio (or ``signal``, float32 (channels, samples)) encoded with ``codec`` into
     ``container_format``, through PyAV."""
@@ -63,6 +64,8 @@ def encode_audio(
         stream = cast(av.AudioStream, container.add_stream(codec, rate=rate, layout=layout))
         if bit_rate:
             stream.bit_rate = bit_rate
+        if sample_format:  # e.g. FLAC from s32 samples: 24 bits a sample
+            stream.format = sample_format
         if codec_options:
             stream.codec_context.options = codec_options
         if vbr_quality is not None:  # LAME's -V: quality-driven variable bit rate
@@ -307,7 +310,13 @@ def make_corpus(folder: Path) -> list[CorpusFile]:
     recorder = strip_matroska_duration(encode_audio(p("recorder_audio.webm"), **webm_opus))
     audio("mediarecorder_audio", recorder, 3.0, fallback=True)
     flac = encode_audio(
-        p("hires.flac"), container_format="flac", codec="flac", seconds=2.0, rate=96_000, layout="stereo"
+        p("hires.flac"),
+        container_format="flac",
+        codec="flac",
+        seconds=2.0,
+        rate=96_000,
+        layout="stereo",
+        sample_format="s32",
     )
     audio("flac_24_96", flac, 2.0)
     amr = encode_audio(

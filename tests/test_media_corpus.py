@@ -297,3 +297,10 @@ def test_rotated_video_frames_are_turned_the_right_way(corpus: tuple[Path, list[
         r, g, b = rgb.getpixel((image.width - 3, 3))  # type: ignore[misc]
         r2, _, _ = rgb.getpixel((3, 3))  # type: ignore[misc]
     assert r > 200 and g < 80 and b < 80 and r2 < 100
+
+
+def test_the_flac_is_24_bit_96_khz(corpus: tuple[Path, list[CorpusFile]]) -> None:
+    _, files = corpus
+    flac = next(f for f in files if f.name == "flac_24_96").path.read_bytes()
+    info = int.from_bytes(flac[18:21], "big")  # STREAMINFO: 20 bits rate, 3 bits channels - 1, 5 bits depth - 1
+    assert info >> 4 == 96_000 and ((info & 1) << 4 | flac[21] >> 4) + 1 == 24
