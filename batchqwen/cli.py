@@ -639,10 +639,25 @@ def models(prices: Path | None) -> None:
 @click.option("--session-lifetime", type=click.FloatRange(min=1), default=7200.0, show_default=True)
 @click.option("--idle-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault draws.")
+@click.option(
+    "--tool-rounds",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Times a turn calls each tool it names before answering (more than 1: calls after tool outputs).",
+)
+@click.option(
+    "--parallel-tool-calls/--sequential-tool-calls",
+    default=True,
+    show_default=True,
+    help="Every named tool in one response, or one call per response.",
+)
 def simulate(host: str, port: int, api_keys: tuple[str, ...], **options: Any) -> None:
     """Run the local simulator of the realtime service until interrupted.
 
-    Per-connection faults: add `&sim_fault=disconnect|server_error|hang|malformed|throttle` to the URL.
+    Per-connection faults: add `&sim_fault=disconnect|server_error|hang|malformed|throttle` to the URL, or
+    `bad_argument_type|missing_argument` (function call arguments that violate the tool's schema); tool
+    calls per connection: `&sim_tool_rounds=N&sim_parallel_calls=0|1`.
     """
     from batchqwen.sim.server import SimulatorConfig, serve
 
@@ -661,6 +676,8 @@ def simulate(host: str, port: int, api_keys: tuple[str, ...], **options: Any) ->
         session_lifetime_seconds=options["session_lifetime"],
         idle_timeout_seconds=options["idle_timeout"],
         seed=options["seed"],
+        tool_rounds=options["tool_rounds"],
+        parallel_tool_calls=options["parallel_tool_calls"],
     )
     try:
         serve(config, host, port)
