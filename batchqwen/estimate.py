@@ -16,6 +16,10 @@ Per item, the rules are those of the real run (see :func:`batchqwen.cost.estimat
   model with text input given a prompt and no images/video gets no silence padding;
 * output: from the :class:`~batchqwen.cost.OutputAssumption`.
 
+Durations come from :mod:`batchqwen.probe` (the header where sound, else the file size, a packet scan or
+a decode: the row's ``duration_method``); images follow the run's rules of :mod:`batchqwen.images` (tiles,
+animated frames, the family's images a second); the row's ``notes`` say what was decided.
+
 A row with a problem (missing file, unreadable media, unknown model or voice) is listed, counted and
 left out of the totals; it never stops the estimate. A model with no known price has its tokens counted
 and its cost reported as unknown (None), never as zero.
@@ -165,6 +169,7 @@ class EstimateReport:
     parquet: Path | None = None
     elapsed_seconds: float = 0.0
     text_tokens_exact: bool = True
+    duration_fallbacks: int = 0  # rows whose audio length was not the header's (file size, packet scan, decode)
 
     @property
     def estimated_items(self) -> int:
@@ -357,6 +362,9 @@ def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
         probe_bytes_read=read,
         notes=tuple(notes),
     )
+
+
+_FALLBACKS = ("file_size", "packet_scan", "decode")
 
 
 def _problem_text(exc: BaseException) -> str:
@@ -581,6 +589,8 @@ def _record(report: EstimateReport, prices: PriceBook, writer: _RowWriter | None
             for name, money in costs.items():
                 totals.costs[name] += money
             cost = sum(costs.values())
+    if row.duration_method in _FALLBACKS:
+        report.duration_fallbacks += 1
     if writer is None:
         return
     writer.add(
@@ -669,6 +679,11 @@ def format_report(report: EstimateReport) -> str:
             f"{report.unpriced_items:,} items of {', '.join(unpriced)} (no known price)"
         )
     lines.append("Output text in text+audio mode is the transcript: not billed (output billed on audio tokens).")
+    if report.duration_fallbacks:
+        lines.append(
+            f"Audio length of {report.duration_fallbacks:,} rows measured past a missing or wrong header"
+            " (file size, packet scan or decode: column duration_method, with a note)"
+        )
     if report.problem_count:
         lines += ["", f"Problems ({report.problem_count:,} rows, left out of the totals):"]
         lines += [f"  row {p.row} (id {p.id}): {p.message}" for p in report.problems]

@@ -40,10 +40,12 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[CorpusF
 
 @pytest.fixture(scope="module")
 def estimated(corpus: tuple[Path, list[CorpusFile]]) -> dict[str, dict[str, Any]]:
-    manifest, _ = corpus
+    manifest, files = corpus
     out = manifest.parent / "estimate"
     result = CliRunner().invoke(main, ["estimate", str(manifest), "--out", str(out)])
     assert result.exit_code == 0, result.output
+    fallbacks = sum(f.fallback for f in files)
+    assert f"Audio length of {fallbacks:,} rows measured past a missing or wrong header" in result.output
     return {row["id"]: row for row in pq.read_table(out / "estimate.parquet").to_pylist()}
 
 
