@@ -332,7 +332,9 @@ def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
             under_frames = video_seconds if sizes and plan.model.max_images_per_second is not None else 0.0
             padded = audio_seconds = max(plan.pad_silence_seconds, under_frames)
             method = "silence"
-        planned = [_PROBES.get(path, probe_image_parts, image_frames=s.image_frames) for path in item.images]
+        with image_plan.pillow_warnings() as warned:  # a file's warnings, the first time it is probed
+            planned = [_PROBES.get(path, probe_image_parts, image_frames=s.image_frames) for path in item.images]
+        notes.extend(warned)
         allowed = image_plan.images_allowed(plan.images_per_second, audio_seconds)
         kept = image_plan.keep_counts([parts for _, parts in planned], len(sizes), allowed)
         for path, (oriented, parts), count in zip(item.images, planned, kept, strict=True):

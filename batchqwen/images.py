@@ -19,11 +19,15 @@ Choices (where the service says only "about one image per second of audio"):
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 ImageFrames = Literal["first", "all"]
 IMAGE_FRAMES: tuple[ImageFrames, ...] = ("first", "all")
@@ -35,6 +39,9 @@ MULTI_FRAME_FORMATS = {"GIF", "WEBP", "PNG", "TIFF"}  # frames/pages that are pi
 _FORMAT_NAMES = {"GIF": "animated GIF", "WEBP": "animated WebP", "PNG": "animated PNG", "TIFF": "multi-page TIFF"}
 
 _plugins_registered = False
+_collecting = threading.local()  # .notes: the list Pillow's warnings go to in this thread, or None
+_hook_installed = False
+log = logging.getLogger("batchqwen.images")
 
 
 def register_plugins() -> bool:
@@ -49,6 +56,45 @@ def register_plugins() -> bool:
     register_heif_opener()
     _plugins_registered = True
     return True
+
+
+@contextmanager
+def pillow_warnings() -> Iterator[list[str]]:
+    """Pillow's warnings raised in this thread while inside, as short strings for the row's notes (with
+    :func:`install_warning_hook` they are never printed)."""
+    previous = getattr(_collecting, "notes", None)
+    notes: list[str] = []
+    _collecting.notes = notes
+    try:
+        yield notes
+    finally:
+        _collecting.notes = previous
+
+
+def install_warning_hook() -> None:
+    """Route Pillow's warnings (corrupt EXIF, skipped TIFF tags, ...) to the row being prepared instead of
+    the terminal: every one of them is shown to :func:`warnings.showwarning`, which hands those raised
+    in Pillow's modules to :func:`pillow_warnings` (or the debug log, outside one). Other warnings are
+    shown as before. Idempotent; where warnings are errors (pytest), they stay errors."""
+    global _hook_installed
+    if _hook_installed:
+        return
+    original = warnings.showwarning
+
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        if "PIL" not in Path(filename).parts:
+            original(message, category, filename, lineno, file, line)
+            return
+        notes = getattr(_collecting, "notes", None)
+        text = f"Pillow: {message}"
+        if notes is None:
+            log.debug("%s", text)
+        elif text not in notes:
+            notes.append(text)
+
+    warnings.showwarning = show
+    warnings.filterwarnings("always", module=r"PIL(\.|$)")  # every row hears of its own file's problem
+    _hook_installed = True
 
 
 def tile_boxes(width: int, height: int) -> list[tuple[int, int, int, int]]:

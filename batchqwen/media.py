@@ -93,8 +93,9 @@ DOWNMIX_COEFFICIENTS = {
 }  # fmt: skip
 _OTHER_CHANNEL = 0.5  # height and wide channels
 
-# Pillow's decompression-bomb warning is raised, not printed, so it becomes the row's plain error
-# (MAX_SOURCE_PIXELS is checked by batchqwen itself; this only keeps Pillow's raw warning off the terminal)
+# Pillow's other warnings go to the row's notes; its decompression-bomb warning is raised (this filter
+# goes in front), so it becomes the row's plain error (MAX_SOURCE_PIXELS is batchqwen's own check)
+image_plan.install_warning_hook()
 warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
@@ -1060,13 +1061,15 @@ def prepare_item(
         pcm = silence(pad)
         padded = len(pcm) / INPUT_BYTES_PER_SECOND
     audio_seconds = len(pcm) / INPUT_BYTES_PER_SECOND
-    planned = [probe_image_parts(path, image_frames=image_frames)[1] for path in item.images]
-    allowed = image_plan.images_allowed(images_per_second, audio_seconds)
-    kept = image_plan.keep_counts(planned, len(frames), allowed)
-    parts: list[TimedImage] = []
-    for path, part, count in zip(item.images, planned, kept, strict=True):
-        parts.extend(prepare_image_parts(path, part, count))
-        notes.extend(image_plan.parts_notes(path, part, count, images_per_second))
+    with image_plan.pillow_warnings() as warned:
+        planned = [probe_image_parts(path, image_frames=image_frames)[1] for path in item.images]
+        allowed = image_plan.images_allowed(images_per_second, audio_seconds)
+        kept = image_plan.keep_counts(planned, len(frames), allowed)
+        parts: list[TimedImage] = []
+        for path, part, count in zip(item.images, planned, kept, strict=True):
+            parts.extend(prepare_image_parts(path, part, count))
+            notes.extend(image_plan.parts_notes(path, part, count, images_per_second))
+    notes.extend(warned)
     images = [
         replace(image, at_seconds=at) for image, at in zip(parts, image_times(len(parts), audio_seconds), strict=True)
     ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -216,19 +217,34 @@ def test_heic_is_upright_and_unreadable_formats_are_named(tmp_path: Path) -> Non
         media.prepare_image(fake)
 
 
-def test_bomb_is_a_plain_error_without_warnings(tmp_path: Path) -> None:
-    """Outside pytest (whose filters turn warnings into errors anyway): Pillow's DecompressionBombWarning
-    never reaches stderr; the row gets a plain error."""
+def write_bad_exif_jpeg(path: Path) -> Path:
+    """A JPEG whose EXIF names a tag with data past its end: Pillow warns "Tag data larger than file"."""
+    ifd = (
+        b"II*\x00" + struct.pack("<IH", 8, 2)
+        + struct.pack("<HHII", 0x0112, 3, 1, 6) + struct.pack("<HHII", 0x010F, 2, 200, 5000) + b"\0\0\0\0"
+    )  # fmt: skip
+    Image.new("RGB", (64, 48), (1, 2, 3)).save(path, exif=b"Exif\x00\x00" + ifd)
+    return path
+
+
+def test_pillow_warnings_never_reach_the_terminal(tmp_path: Path) -> None:
+    """Outside pytest (whose filters turn warnings into errors): a decompression-bomb size is the row's
+    plain error, a corrupt EXIF block the row's note, and nothing of Pillow's reaches stderr."""
     big = write_huge_png_header(tmp_path / "big.png", 12_000, 9_000)  # 108 MP: Pillow warns, under 2x errors
+    bad = write_bad_exif_jpeg(tmp_path / "bad.jpg")
     code = (
-        "import sys; from pathlib import Path; from batchqwen import media\n"
+        "import sys; from pathlib import Path; from batchqwen import media; from batchqwen.items import Item\n"
         "try:\n    media.prepare_image(Path(sys.argv[1]))\n"
         "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
+        "item = Item(id='x', row=1, images=(Path(sys.argv[2]),))\n"
+        "print(media.prepare_item(item, pad_silence_seconds=1.0).notes)\n"
     )
     done = subprocess.run(
-        [sys.executable, "-W", "default", "-c", code, str(big)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-W", "default", "-c", code, str(big), str(bad)], capture_output=True, text=True, timeout=60
     )
-    assert done.stdout.startswith("MediaError image too large"), done.stdout
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("MediaError image too large"), done.stdout
+    assert "Pillow: Tag data larger than file" in lines[1], done.stdout
     assert done.stderr == "", done.stderr
 
 
