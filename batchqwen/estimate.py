@@ -62,6 +62,7 @@ from batchqwen.media import (
     part_sizes,
     probe_image_parts,
     probe_video,
+    silence_note,
 )
 from batchqwen.plan import plan_item
 from batchqwen.realtime.gateways import normalize_region
@@ -332,6 +333,7 @@ def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
             under_frames = video_seconds if sizes and plan.model.max_images_per_second is not None else 0.0
             padded = audio_seconds = max(plan.pad_silence_seconds, under_frames)
             method = "silence"
+            notes.append(silence_note(padded, under_video=under_frames > plan.pad_silence_seconds))
         with image_plan.pillow_warnings() as warned:  # a file's warnings, the first time it is probed
             planned = [_PROBES.get(path, probe_image_parts, image_frames=s.image_frames) for path in item.images]
         notes.extend(warned)

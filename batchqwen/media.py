@@ -1012,6 +1012,13 @@ def image_times(count: int, audio_seconds: float) -> tuple[float, ...]:
     return tuple(min(float(k), end) for k in range(count))
 
 
+def silence_note(seconds: float, *, under_video: bool) -> str:
+    """The row's note for padded silence (the run's and the estimate's)."""
+    if under_video:
+        return f"{seconds:.3f} s of silence sent under a video with no sound (its frames need audio)"
+    return f"{seconds:.3f} s of silence sent as the audio: the item has none (--pad-silence)"
+
+
 def prepare_item(
     item: Item,
     *,
@@ -1055,11 +1062,12 @@ def prepare_item(
     padded = 0.0
     if not pcm and pad_silence_seconds > 0:
         pad = pad_silence_seconds
-        if pad_under_frames and frames and video_seconds > pad:
+        under_video = pad_under_frames and bool(frames) and video_seconds > pad
+        if under_video:
             pad = video_seconds
-            notes.append(f"{pad:.3f} s of silence under a video with no sound (its frames need audio)")
         pcm = silence(pad)
         padded = len(pcm) / INPUT_BYTES_PER_SECOND
+        notes.append(silence_note(padded, under_video=under_video))
     audio_seconds = len(pcm) / INPUT_BYTES_PER_SECOND
     with image_plan.pillow_warnings() as warned:
         planned = [probe_image_parts(path, image_frames=image_frames)[1] for path in item.images]
@@ -1107,5 +1115,6 @@ __all__ = [
     "probe_video",
     "read_video",
     "silence",
+    "silence_note",
     "video_frame_times",
 ]

@@ -134,6 +134,8 @@ def test_notes_say_what_was_decided(
     assert any("0xFFFFFFFF" in n for n in estimated["pipe_44k"]["notes"])
     assert any("cut off" in n for n in estimated["cut_off"]["notes"])
     assert estimated["mp4_h264"]["notes"] == []
+    padded = "1.000 s of silence sent as the audio: the item has none (--pad-silence)"
+    assert padded in rows["png16"]["notes"] and padded in estimated["png16"]["notes"]
 
 
 def test_max_cost_on_pipe_wavs_is_not_refused(tmp_path: Path) -> None:
@@ -291,6 +293,7 @@ def test_silent_video_on_livetranslate_gets_silence_under_its_frames(
     assert len(received) == 1  # one session (a failed row keeps no session id)
     got = next(iter(received.values()))
     assert abs(got.audio_seconds - 3.0) < 0.05 and abs(est["padded_silence_seconds"] - 3.0) < 0.05
+    assert any("silence sent under a video with no sound" in note for note in est["notes"])
     assert est["image_count"] == len(got.images) == 6  # 3 s at 2 frames a second: 1 s of silence takes 3
 
 
