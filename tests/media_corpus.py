@@ -2,7 +2,7 @@
 blobs): the WAV variants of phones, call centres and FFmpeg pipes, MP3 with and without a Xing header,
 ADTS AAC, Opus in Ogg and WebM, a browser's MediaRecorder WebM without a duration, FLAC 24/96, AMR, 5.1;
 photos (EXIF-rotated JPEG and HEIC, 16-bit PNG, WebP, AVIF, animated GIF, multi-page TIFF, a panorama);
-videos (H.264 MP4, a MOV with a 90° rotation flag, VP9 WebM, MKV, HEVC, one without sound).
+videos (H.264 MP4, a MOV with a 90° rotation flag, VP9 WebM, MKV, HEVC, AV1, one without sound).
 
 :func:`make_corpus` writes every file into a folder and says what each one is and what it should send
 (:class:`CorpusFile`). ``python tests/media_corpus.py DIR`` writes it for a look by hand.
@@ -374,6 +374,10 @@ def make_corpus(folder: Path) -> list[CorpusFile]:
     video("mediarecorder_video", strip_matroska_duration(recorder_video), 4.0, 4, fallback=True)
     hevc = encode_video(p("clip_hevc.mp4"), container_format="mp4", codec="libx265", seconds=2.0, options=_X265)
     video("mp4_hevc", hevc, 2.0, 2)
+    av1 = encode_video(
+        p("clip_av1.mp4"), container_format="mp4", codec="libsvtav1", seconds=2.0, options={"preset": "12"}
+    )
+    video("mp4_av1", av1, 2.0, 2)
     silent = encode_video(
         p("silent.mp4"), container_format="mp4", codec="libx264", seconds=3.0, audio_codec=None, options=_X264
     )
