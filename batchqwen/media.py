@@ -573,7 +573,8 @@ def probe_video(path: probe.Source, *, fps: float = 1.0, max_frames: int = DEFAU
                 measured = probe.stream_duration(container, video)
                 audio = None
                 if container.streams.audio:
-                    container.seek(0)
+                    if measured is None or measured.method != "header":
+                        container.seek(0)  # the packet scan read to the end
                     audio = probe.stream_duration(container, container.streams.audio[0])
             except (av.error.FFmpegError, ValueError) as exc:
                 raise MediaError(f"corrupt or unsupported video: {path} ({_reason(exc)})") from None
