@@ -689,8 +689,8 @@ def read_video(
         try:
             # the moments come from the same measure of the video's length as the estimate's
             measured = probe.stream_duration(container, video)
-            if measured is not None and measured.method != "header":
-                container.seek(0)
+            if measured is None or measured.method != "header":
+                container.seek(0)  # the packet scan read to the end
             duration = measured.seconds if measured is not None else None
             read = None
             if video_frames == "keyframes":
