@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from batchqwen.sim.analysis import INPUT_BYTES_PER_MS, ImageInfo, clip, fingerprint, loudest_dbfs, speech_segments
+from batchqwen.sim.lengths import lengthen
 
 
 @dataclass
@@ -53,7 +54,10 @@ def describe(pending: Sequence[UserItem], instructions: str, threshold_dbfs: flo
         elif item.kind == "tool_output":
             sentences.append(f"Tool {item.call_name} returned: '{clip(item.text)}'.")
     sentences.append(f"Instructions: '{clip(instructions)}'." if instructions else "No instructions.")
-    return Answer(text=" ".join(sentences), fingerprint=key)
+    seconds, prompt = len(pcm) / (INPUT_BYTES_PER_MS * 1000), " ".join([instructions, *texts])
+    return Answer(
+        text=lengthen(" ".join(sentences), input_seconds=seconds, prompt=prompt, fingerprint=key), fingerprint=key
+    )
 
 
 #: names for the answer's wording; an unlisted code is named by itself
@@ -74,7 +78,11 @@ def translate(pending: Sequence[UserItem], session: dict[str, Any], threshold_db
     origin = f" from {LANGUAGE_NAMES.get(source, source)}" if source else ""
     into = f"Translation into {LANGUAGE_NAMES.get(target, target)}{origin}"
     text = f"{into}: {heard(pcm, threshold_dbfs)} and {saw(images)}."
-    return Answer(text=text, fingerprint=fingerprint(pcm, (img.digest for img in images), None, ()))
+    key = fingerprint(pcm, (img.digest for img in images), None, ())
+    seconds = len(pcm) / (INPUT_BYTES_PER_MS * 1000)
+    return Answer(
+        text=lengthen(text, input_seconds=seconds, prompt="", fingerprint=key, translation=True), fingerprint=key
+    )
 
 
 def heard(pcm: bytes, threshold_dbfs: float) -> str:
