@@ -7,7 +7,9 @@
     ├── ManifestError              the manifest as a whole is unusable (exit 2); names the rows
     ├── ItemError                  local problem of one item; never retried, never the run's failure
     │   ├── InputFileError         a file the row names is missing or unreadable
-    │   └── MediaError             a file that is present but cannot be decoded / converted
+    │   ├── MediaError             a file that is present but cannot be decoded / converted
+    │   ├── ExtractError           --extract: the tool was never called, or its final arguments do not validate
+    │   └── ToolRoundsExceeded     the model asked for more tool rounds than --max-tool-rounds allows
     ├── ProtocolError              a frame or an event order that breaks the protocol
     │   └── InvalidState           an illegal call on the protocol core, raised at once
     ├── RemoteError                something the service (or the network to it) did
@@ -64,6 +66,18 @@ class InputFileError(ItemError):
 
 class MediaError(ItemError):
     kind = "media"
+
+
+class ExtractError(ItemError):
+    kind = "extract"
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code  # not_called | invalid_json | validation
+
+
+class ToolRoundsExceeded(ItemError):
+    kind = "tool_rounds"
 
 
 class ProtocolError(BatchQwenError):

@@ -43,13 +43,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchqwen import images as image_plan
+from batchqwen.conversation import plan_conversation
 from batchqwen.cost import (
     MODALITIES,
     ModelPrice,
     OutputAssumption,
     PriceBook,
     TokenEstimate,
+    TurnInput,
     cost_breakdown,
+    estimate_session_tokens,
     estimate_tokens,
 )
 from batchqwen.errors import BatchQwenError
@@ -64,9 +67,10 @@ from batchqwen.media import (
     probe_video,
     silence_note,
 )
-from batchqwen.plan import plan_item
+from batchqwen.plan import ItemPlan, plan_item
 from batchqwen.realtime.gateways import normalize_region
 from batchqwen.tokens import text_tokens_exact
+from batchqwen.tools import NO_TOOLS, ToolCatalog, offered_tools
 
 ESTIMATE_FILE = "estimate.parquet"
 ESTIMATE_SUMMARY = "estimate.json"  # the totals of the last estimate in OUT: the report compares a run with it
@@ -175,6 +179,7 @@ class EstimateReport:
     parquet: Path | None = None
     elapsed_seconds: float = 0.0
     text_tokens_exact: bool = True
+    tool_rounds: int | None = None  # --assume-tool-rounds, when the run offers tools
     price_url: str = ""
     #: with a calibrated output (estimate --calibrate-from): the p10 and p90 of the total cost
     cost_range: tuple[float, float] | None = None
@@ -220,6 +225,9 @@ class _Settings:
     max_video_frames: int
     target_language: str | None = None
     source_language: str | None = None
+    tools: ToolCatalog | None = None  # --tools: the declarations billed with every response
+    tool_rounds: int = 1  # --assume-tool-rounds per turn
+    extract: str | None = None
     image_frames: ImageFrames = "first"
 
 
@@ -250,7 +258,7 @@ def estimate_item(
         max_video_frames,
         target_language,
         source_language,
-        image_frames,
+        image_frames=image_frames,
     )
     return _estimate_item(item, settings)
 
@@ -300,7 +308,127 @@ def _estimate_rows(source: RawRows, rows: list[tuple[int, Any]], s: _Settings) -
     return [_estimate_item(item, s) for item in items_of(source, rows, with_hash=False)]
 
 
+def _plan_options(s: _Settings) -> dict[str, Any]:
+    return dict(
+        model=s.default_model,
+        voice=s.voice,
+        modalities=s.modalities,
+        instructions=s.instructions,
+        pad_silence_seconds=s.pad_silence_seconds,
+        target_language=s.target_language,
+        source_language=s.source_language,
+        video_fps=s.video_fps,
+    )
+
+
+@dataclass(frozen=True)
+class _Media:
+    """What an item (or a turn) sends, from its headers, decided as the run decides it."""
+
+    audio_seconds: float
+    sizes: list[tuple[int, int]]
+    padded: float
+    method: str | None  # duration_method
+    bytes_read: int | None
+    notes: list[str]
+
+
+def _probe(item: Item, plan: ItemPlan, s: _Settings) -> _Media:
+    """Audio seconds sent (how measured), image sizes sent and silence padded of an item from its headers."""
+    notes: list[str] = []
+    audio_seconds, read = 0.0, None
+    method: str | None = None
+    if item.audio is not None:
+        measured = _PROBES.get(item.audio, measure_audio)
+        audio_seconds, method, read = measured.seconds, measured.method, measured.bytes_read
+        notes.extend([measured.note] if measured.note else [])
+    sizes: list[tuple[int, int]] = []
+    video_seconds = 0.0
+    if item.video is not None:
+        video = _PROBES.get(item.video, probe_video, fps=plan.video_fps, max_frames=s.max_video_frames)
+        sizes.extend([video.frame_size] * len(video.frame_times))
+        video_seconds = video.duration_seconds
+        notes.extend(video.notes)
+        if item.audio is None:  # an audio file, when given, is the sound; the video gives frames only
+            audio_seconds, method, read = video.audio_seconds, video.audio_method, video.bytes_read
+    padded = 0.0
+    if audio_seconds <= 0 and plan.pad_silence_seconds > 0:
+        # as the run pads: on a family with a hard images-a-second limit, silence as long as a video
+        # with no sound (so its frames are not refused)
+        under_frames = video_seconds if sizes and plan.model.max_images_per_second is not None else 0.0
+        padded = audio_seconds = max(plan.pad_silence_seconds, under_frames)
+        method = "silence"
+        notes.append(silence_note(padded, under_video=under_frames > plan.pad_silence_seconds))
+    with image_plan.pillow_warnings() as warned:  # a file's warnings, the first time it is probed
+        planned = [_PROBES.get(path, probe_image_parts, image_frames=s.image_frames) for path in item.images]
+    notes.extend(warned)
+    allowed = image_plan.images_allowed(plan.images_per_second, audio_seconds)
+    kept = image_plan.keep_counts([parts for _, parts in planned], len(sizes), allowed)
+    for path, (oriented, parts), count in zip(item.images, planned, kept, strict=True):
+        sizes.extend(part_sizes(oriented, parts, count))
+        notes.extend(image_plan.parts_notes(path, parts, count, plan.images_per_second))
+    return _Media(audio_seconds, sizes, padded, method, read, notes)
+
+
+def _estimate_session(item: Item, s: _Settings) -> RowEstimate:
+    """A conversation row, or a row offering tools: every turn's response re-bills the conversation so far,
+    and each turn takes the assumed tool rounds (the runner estimates the same way)."""
+    model_name = item.model or s.default_model
+    modalities = item.modalities or s.modalities
+    try:
+        validate_item(item)
+        if item.turns:
+            talk = plan_conversation(item, **_plan_options(s))
+            plan = talk.session
+        else:
+            plan = plan_item(item, **_plan_options(s))
+        model, model_name, modalities = plan.model, plan.model.name, plan.modalities
+        offered = offered_tools(model, item.tools, s.tools, s.extract)
+        turns: list[TurnInput] = []
+        audio_total = padded_total = 0.0
+        images = 0
+        notes: list[str] = []
+        methods: list[str | None] = []
+        read: int | None = None
+        pairs = zip(talk.turn_items, talk.turns, strict=True) if item.turns else [(item, plan)]
+        for number, (each, turn_plan) in enumerate(pairs):
+            try:
+                media = _probe(each, turn_plan, s)
+                audio_seconds, sizes, padded = media.audio_seconds, media.sizes, media.padded
+                notes.extend(media.notes)
+                methods.append(media.method)
+                if media.bytes_read is not None:
+                    read = (read or 0) + media.bytes_read
+            except BatchQwenError as exc:
+                if not item.turns:
+                    raise
+                raise type(exc)(f"turn {number + 1}: {exc}") from None
+            folded = talk.response_instructions(number) if item.turns else None
+            turns.append(TurnInput(audio_seconds, sizes, [turn_plan.prompt], [folded] if folded else []))
+            audio_total, padded_total, images = audio_total + audio_seconds, padded_total + padded, images + len(sizes)
+        assumption = s.tools.assumption(offered, s.tool_rounds) if offered and s.tools is not None else None
+        tokens = estimate_session_tokens(
+            model,
+            turns=turns,
+            session_texts=[plan.instructions],
+            modalities=modalities,
+            output=s.output,
+            tools=assumption,
+        )
+    except (BatchQwenError, OSError, ValueError) as exc:
+        return RowEstimate(item.id, item.row, model_name, tuple(modalities), problem=_problem_text(exc))
+    # a turn measured by a fallback makes the row's method that fallback's
+    method = next((m for m in methods if m in _FALLBACKS), methods[0] if methods else None)
+    return RowEstimate(
+        item.id, item.row, model_name, modalities, audio_total, padded_total, images, tokens,
+        duration_method=method, probe_bytes_read=read, notes=tuple(dict.fromkeys(notes)),
+    )  # fmt: skip
+
+
 def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
+    names_tools = item.tools is not None and item.tools != NO_TOOLS
+    if item.turns or names_tools or (s.tools is not None and item.tools != NO_TOOLS):
+        return _estimate_session(item, s)
     model_name = item.model or s.default_model
     modalities = item.modalities or s.modalities
     try:
@@ -318,38 +446,8 @@ def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
         )
         model, model_name, modalities = plan.model, plan.model.name, plan.modalities
         validate_item(item)
-        notes: list[str] = []
-        audio_seconds, read = 0.0, None
-        method: str | None = None
-        if item.audio is not None:
-            measured = _PROBES.get(item.audio, measure_audio)
-            audio_seconds, method, read = measured.seconds, measured.method, measured.bytes_read
-            notes.extend([measured.note] if measured.note else [])
-        sizes: list[tuple[int, int]] = []
-        video_seconds = 0.0
-        if item.video is not None:
-            video = _PROBES.get(item.video, probe_video, fps=plan.video_fps, max_frames=s.max_video_frames)
-            sizes.extend([video.frame_size] * len(video.frame_times))
-            video_seconds = video.duration_seconds
-            notes.extend(video.notes)
-            if item.audio is None:  # an audio file, when given, is the sound; the video gives frames only
-                audio_seconds, method, read = video.audio_seconds, video.audio_method, video.bytes_read
-        padded = 0.0
-        if audio_seconds <= 0 and plan.pad_silence_seconds > 0:
-            # as the run pads: on a family with a hard images-a-second limit, silence as long as a video
-            # with no sound (so its frames are not refused)
-            under_frames = video_seconds if sizes and plan.model.max_images_per_second is not None else 0.0
-            padded = audio_seconds = max(plan.pad_silence_seconds, under_frames)
-            method = "silence"
-            notes.append(silence_note(padded, under_video=under_frames > plan.pad_silence_seconds))
-        with image_plan.pillow_warnings() as warned:  # a file's warnings, the first time it is probed
-            planned = [_PROBES.get(path, probe_image_parts, image_frames=s.image_frames) for path in item.images]
-        notes.extend(warned)
-        allowed = image_plan.images_allowed(plan.images_per_second, audio_seconds)
-        kept = image_plan.keep_counts([parts for _, parts in planned], len(sizes), allowed)
-        for path, (oriented, parts), count in zip(item.images, planned, kept, strict=True):
-            sizes.extend(part_sizes(oriented, parts, count))
-            notes.extend(image_plan.parts_notes(path, parts, count, plan.images_per_second))
+        media = _probe(item, plan, s)
+        audio_seconds, sizes, padded = media.audio_seconds, media.sizes, media.padded
         tokens = estimate_tokens(
             model,
             audio_seconds=audio_seconds,
@@ -370,9 +468,9 @@ def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
         padded_silence_seconds=padded,
         image_count=len(sizes),
         tokens=tokens,
-        duration_method=method,
-        probe_bytes_read=read,
-        notes=tuple(notes),
+        duration_method=media.method,
+        probe_bytes_read=media.bytes_read,
+        notes=tuple(media.notes),
     )
 
 
@@ -452,9 +550,15 @@ def estimate_manifest(
     voice: str | None = None,
     target_language: str | None = None,
     source_language: str | None = None,
+    tools: ToolCatalog | None = None,
+    tool_rounds: int = 1,
+    extract: str | None = None,
     image_frames: ImageFrames = "first",
 ) -> EstimateReport:
     """Estimate tokens and cost of every row of the manifest at ``path``; no network access at all.
+
+    With ``tools`` (``--tools``), every response bills the declarations of the tools a row offers and each
+    turn is assumed to take ``tool_rounds`` tool rounds (``--assume-tool-rounds``).
 
     Rows go to ``out_dir/estimate.parquet`` (when ``out_dir`` is given) in manifest order; the report keeps
     aggregates only. Raises ManifestError when the manifest as a whole is unusable; row problems are
@@ -471,6 +575,7 @@ def estimate_manifest(
         price_url=prices.source_url,
         output=output,
         text_tokens_exact=text_tokens_exact(),
+        tool_rounds=tool_rounds if tools is not None else None,
     )
     settings = _Settings(
         default_model,
@@ -483,7 +588,10 @@ def estimate_manifest(
         max_video_frames,
         target_language,
         source_language,
-        image_frames,
+        tools,
+        tool_rounds,
+        extract,
+        image_frames=image_frames,
     )
     writer = _RowWriter(out_dir / ESTIMATE_FILE) if out_dir is not None else None
     cores = os.cpu_count() or 1
@@ -686,6 +794,11 @@ def format_report(report: EstimateReport) -> str:
         f" as of {report.price_as_of}, {cur} per 1M tokens",
         report.output.describe().capitalize(),
     ]
+    if report.tool_rounds is not None:
+        lines.append(
+            f"Tool rounds assumed: {report.tool_rounds} per turn (--assume-tool-rounds); every response bills the"
+            " tools' declarations and the conversation so far"
+        )
     if not report.text_tokens_exact:
         lines.append("Text tokens are approximate (the Qwen vocabulary was not found: 1 token per 3 bytes)")
     for name in sorted(report.by_model):
