@@ -315,6 +315,14 @@ def _shared_options(func: Any) -> Any:
             " The count and the size of frames, hence the estimate, are the same in both.",
         ),
         click.option(
+            "--image-frames",
+            type=click.Choice(["first", "all"]),
+            default="first",
+            show_default=True,
+            help="Animated GIF/WebP/PNG and multi-page TIFF: send the first frame (the row's notes say how many"
+            " there were) or all, as far as the model's images a second of audio allow (the rest dropped, noted).",
+        ),
+        click.option(
             "--tools",
             type=click.Path(path_type=Path, dir_okay=False),
             default=None,
@@ -553,6 +561,7 @@ def run(manifest: str, out: str | None, **options: Any) -> None:
         prices=options["prices"],
         video_fps=options["video_fps"],
         video_frames=options["video_frames"],
+        image_frames=options["image_frames"],
         pad_silence_seconds=options["pad_silence"],
         transcribe_input=not options["no_transcription"],
         pace=options["pace"],
@@ -680,6 +689,7 @@ def _estimate(manifest_text: str, out_text: str, options: dict[str, Any]) -> Non
             pad_silence_seconds=options["pad_silence"],
             out_dir=out,
             video_fps=options["video_fps"],
+            image_frames=options["image_frames"],
             voice=options["voice"],
             target_language=options["translate_to"],
             source_language=options["source_language"],

@@ -41,6 +41,7 @@ class RunConfig:
     # media
     video_fps: float = 1.0
     video_frames: Literal["keyframes", "exact"] = "keyframes"  # how frames are picked (media.read_video)
+    image_frames: Literal["first", "all"] = "first"  # animated / multi-page images: first frame or all
     decode_processes: int | None = None  # None: auto (runner.decode_processes_for); 0: threads; N: N processes
     pad_silence_seconds: float = 1.0
     transcribe_input: bool = True

@@ -246,7 +246,9 @@ async def prepare(item: Item, ctx: ItemContext, *, decoder: Executor | None = No
     local = item  # remote media downloaded into the run's cache, held until decoded
     try:
         if talk is not None:
-            decode_turns = functools.partial(conversation.prepare_turns, talk, video_frames=config.video_frames)
+            decode_turns = functools.partial(
+                conversation.prepare_turns, talk, video_frames=config.video_frames, image_frames=config.image_frames
+            )
             turns = await asyncio.get_running_loop().run_in_executor(decoder, decode_turns)
             return ReadyItem(item, plan, turns[0].media, turns=turns, tools=offered)
         if ctx.cache is not None and fetch.remote_refs(item):
@@ -257,6 +259,9 @@ async def prepare(item: Item, ctx: ItemContext, *, decoder: Executor | None = No
             video_fps=plan.video_fps,
             pad_silence_seconds=plan.pad_silence_seconds,
             video_frames=config.video_frames,
+            image_frames=config.image_frames,
+            images_per_second=plan.images_per_second,
+            pad_under_frames=plan.model.max_images_per_second is not None,
         )
         prepared = await asyncio.get_running_loop().run_in_executor(decoder, decode)
     except ItemError as exc:
@@ -950,6 +955,7 @@ async def _run_locked(
             pad_silence_seconds=config.pad_silence_seconds,
             out_dir=out,
             video_fps=config.video_fps,
+            image_frames=config.image_frames,
             voice=config.voice,
             target_language=config.translate_to,
             source_language=config.source_language,

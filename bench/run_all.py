@@ -148,11 +148,11 @@ def main() -> None:
         "10. Tools and conversations (bench/bench_tools.py; the simulator in the same process here)",
         tooled.stdout.split("\n", 2)[2].strip(),  # without its machine line: the page has one
     )
-    print("11. media and outputs in a bucket ...", file=sys.stderr, flush=True)
+    print("12. media and outputs in a bucket ...", file=sys.stderr, flush=True)
     storage_args = [str(HERE / "bench_storage.py")] + (["--quick"] if q else [])
     stored = subprocess.run([sys.executable, *storage_args], capture_output=True, text=True, check=True, cwd=ROOT)
     section(
-        "11. Media and outputs in a bucket (moto's S3 server) vs on local disk (bench/bench_storage.py)", stored.stdout
+        "12. Media and outputs in a bucket (moto's S3 server) vs on local disk (bench/bench_storage.py)", stored.stdout
     )
 
     info = machine()
