@@ -634,7 +634,7 @@ def _check_defaults(
 
 def _estimate(manifest_text: str, out_text: str, options: dict[str, Any]) -> None:
     from batchqwen import cost
-    from batchqwen.estimate import estimate_manifest, format_report, write_estimate_summary
+    from batchqwen.estimate import early_workers, estimate_manifest, format_report, write_estimate_summary
     from batchqwen.manifest import check_manifest
     from batchqwen.models import validate_modalities
     from batchqwen.storage.fetch import shared_storage
@@ -648,14 +648,18 @@ def _estimate(manifest_text: str, out_text: str, options: dict[str, Any]) -> Non
     calibration: Any = None
 
     def work() -> Any:
-        nonlocal calibration
         modalities = validate_modalities(_modalities(options["modalities"]) or ())
         _check_defaults(
             options["model"], options["voice"], modalities, options["translate_to"], options["source_language"]
         )
         storage = _storage_config(options)
         manifest, manifest_options = _open_manifest(manifest_text, storage, options, folder)
-        check_manifest(manifest, options=manifest_options)
+        with early_workers(manifest) as pool:
+            check_manifest(manifest, options=manifest_options)
+            return estimated(manifest, manifest_options, modalities, storage, pool)
+
+    def estimated(manifest: Path, manifest_options: Any, modalities: Any, storage: Any, pool: Any) -> Any:
+        nonlocal calibration
         prices = cost.load_prices(options["prices"])
         output = cost.OutputAssumption(output_seconds_per_item=options["output_seconds"])
         catalog = None
@@ -698,6 +702,7 @@ def _estimate(manifest_text: str, out_text: str, options: dict[str, Any]) -> Non
             extract=options["extract"],
             manifest_options=manifest_options,
             storage=storage,
+            process_pool=pool,
         )
         if calibration is not None and report.parquet is not None and report.total_cost is not None:
             import pandas as pd
