@@ -277,7 +277,7 @@ class ProbeCache:
 
     def __init__(self, max_entries: int = PROBE_CACHE_ENTRIES) -> None:
         self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[Any, ...], Future[Any]] = OrderedDict()
+        self._entries: OrderedDict[tuple[Any, ...], Future[Any] | _Settled] = OrderedDict()
         self._lock = threading.Lock()
         self.probes = 0  # probes actually run (files opened), for tests and the bench
 
@@ -306,13 +306,33 @@ class ProbeCache:
                     self._entries.popitem(last=False)
             else:
                 self._entries.move_to_end(key)
+        if isinstance(entry, _Settled):
+            return cast(_T, entry.value())
         if owner:
             self.probes += 1
             try:
                 entry.set_result(run())
             except BaseException as exc:
-                entry.set_exception(exc)
+                entry.set_exception(exc.with_traceback(None))  # its frames would hold the probe's locals
+            with self._lock:  # a Future (with its lock and condition) is kept only while the probe runs
+                if key in self._entries:
+                    self._entries[key] = _Settled(entry)
         return cast(_T, entry.result())
+
+
+class _Settled:
+    """A finished probe's result or error: what the cache keeps instead of the Future (a tenth the size)."""
+
+    __slots__ = ("error", "result")
+
+    def __init__(self, future: Future[Any]) -> None:
+        self.error = future.exception()
+        self.result = None if self.error is not None else future.result()
+
+    def value(self) -> Any:
+        if self.error is not None:
+            raise self.error.with_traceback(None)  # raised again for every row: no traceback piling up
+        return self.result
 
 
 _PROBES = ProbeCache()
