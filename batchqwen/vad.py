@@ -1,0 +1,103 @@
+"""Energy voice activity detection over PCM16LE mono 16 kHz audio: one module for every user.
+
+The simulator's server VAD (:class:`SpeechDetector`, an incremental detector over the session's audio
+timeline) and the description of what it heard (:func:`speech_segments`) use it, and so does the runner's
+splitter of long recordings. It imports nothing from the simulator or the runner.
+
+Levels are RMS dBFS of whole 20 ms frames (:func:`frame_dbfs`). Detector positions are byte offsets of
+PCM16LE 16 kHz audio since the session's first audio (32 bytes per ms); the detector only marks where
+speech starts and stops, the session commits and answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+INPUT_RATE = 16_000
+INPUT_BYTES_PER_MS = INPUT_RATE * 2 // 1000  # PCM16 mono: 32 bytes per ms
+FRAME_MS = 20  # VAD / analysis frame
+FRAME_BYTES = FRAME_MS * INPUT_BYTES_PER_MS
+MIN_SPEECH_FRAMES = 3  # 60 ms of energy before we call it speech: a click is not a turn
+SEGMENT_GAP_MS = 300  # pauses shorter than this do not split a speech segment in descriptions
+SILENCE_FLOOR_DBFS = -96.0  # 16-bit quantisation floor
+
+
+def vad_threshold_dbfs(threshold: float) -> float:
+    """Map the API's ``threshold`` in [-1, 1] to a frame level: -1 -> -70 dBFS, 0 -> -40, 1 -> -10."""
+    return -40.0 + 30.0 * threshold
+
+
+def frame_dbfs(pcm: bytes) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """RMS level in dBFS of each whole 20 ms frame of PCM16LE mono 16 kHz audio."""
+    n = len(pcm) // FRAME_BYTES
+    if n == 0:
+        return np.zeros(0)
+    samples = np.frombuffer(pcm, dtype="<i2", count=n * FRAME_BYTES // 2).reshape(n, -1)
+    rms = np.sqrt(np.mean(np.square(samples, dtype=np.float64), axis=1)) / 32768.0
+    return np.asarray(20.0 * np.log10(np.maximum(rms, 1e-5)), dtype=np.float64)
+
+
+def speech_segments(pcm: bytes, threshold_dbfs: float, *, min_gap_ms: int = SEGMENT_GAP_MS) -> list[tuple[int, int]]:
+    """(start_ms, end_ms) of each stretch of frames above ``threshold_dbfs``; short pauses merged."""
+    voiced = frame_dbfs(pcm) > threshold_dbfs
+    if not voiced.any():
+        return []
+    edges = np.diff(np.concatenate(([0], voiced.astype(np.int8), [0])))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    merged: list[list[int]] = []
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        if merged and (start - merged[-1][1]) * FRAME_MS < min_gap_ms:
+            merged[-1][1] = end
+        else:
+            merged.append([start, end])
+    return [(s * FRAME_MS, e * FRAME_MS) for s, e in merged if e - s >= MIN_SPEECH_FRAMES]
+
+
+@dataclass(frozen=True)
+class Mark:
+    """``started``: speech begins; ``at`` is the onset minus the prefix padding (where the item starts).
+    ``stopped``: enough silence followed; ``at`` is that moment (speech end + silence), the item's end."""
+
+    kind: Literal["started", "stopped"]
+    at: int
+
+
+class SpeechDetector:
+    """Speech starts after ``MIN_SPEECH_FRAMES`` voiced 20 ms frames in a row (a click is not a turn) and
+    stops after ``silence_duration_ms`` of unvoiced frames."""
+
+    def __init__(self, turn_detection: Mapping[str, Any]):
+        self.threshold_dbfs = vad_threshold_dbfs(float(turn_detection["threshold"]))
+        self.prefix_bytes = int(turn_detection["prefix_padding_ms"]) * INPUT_BYTES_PER_MS
+        self.silence_needed_ms = int(turn_detection["silence_duration_ms"])
+        self.reset()
+
+    def reset(self) -> None:
+        self.in_speech = False
+        self.voiced_run = 0
+        self.silence_ms = 0
+
+    def scan(self, levels: np.ndarray[Any, np.dtype[np.float64]], first: int, floor: int) -> list[Mark]:
+        """Marks for consecutive frames of ``levels`` (dBFS) starting at byte ``first``; an item never starts
+        before ``floor`` (the start of what is still buffered)."""
+        marks: list[Mark] = []
+        for i, voiced in enumerate((levels > self.threshold_dbfs).tolist()):
+            frame_start = first + i * FRAME_BYTES
+            if not self.in_speech:
+                self.voiced_run = self.voiced_run + 1 if voiced else 0
+                if self.voiced_run == MIN_SPEECH_FRAMES:
+                    onset = frame_start - (MIN_SPEECH_FRAMES - 1) * FRAME_BYTES
+                    self.in_speech, self.silence_ms = True, 0
+                    marks.append(Mark("started", max(floor, onset - self.prefix_bytes)))
+                continue
+            self.silence_ms = 0 if voiced else self.silence_ms + FRAME_MS
+            if self.silence_ms >= self.silence_needed_ms:
+                end = frame_start + FRAME_BYTES
+                marks.append(Mark("stopped", end))
+                floor = end
+                self.reset()
+        return marks
