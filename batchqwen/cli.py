@@ -189,6 +189,15 @@ def _shared_options(func: Any) -> Any:
             " (decoding follows the frames kept); exact: every frame decoded, the first at or after each moment."
             " The count and the size of frames, hence the estimate, are the same in both.",
         ),
+        click.option(
+            "--split",
+            type=click.Choice(["auto", "never"]),
+            default="auto",
+            show_default=True,
+            help="An item too long for one session (over the model's input limit, or longer than the session"
+            " lifetime allows at --pace): auto: cut at pauses, one session per segment; never: fail it at once,"
+            " naming its estimate and the limit.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -356,6 +365,7 @@ def run(manifest: Path, out: Path | None, **options: Any) -> None:
         video_fps=options["video_fps"],
         video_frames=options["video_frames"],
         pad_silence_seconds=options["pad_silence"],
+        split=options["split"],
         transcribe_input=not options["no_transcription"],
         pace=options["pace"],
         chunk_ms=options["chunk_ms"],
@@ -444,6 +454,8 @@ def _estimate(manifest: Path, out: Path, options: dict[str, Any]) -> None:
             voice=options["voice"],
             target_language=options["translate_to"],
             source_language=options["source_language"],
+            split=options["split"],
+            pace=options.get("pace") or 0.0,  # run --dry-run --pace: the session lifetime counts too
         )
 
     report = _call(work)

@@ -7,7 +7,8 @@
     ├── ManifestError              the manifest as a whole is unusable (exit 2); names the rows
     ├── ItemError                  local problem of one item; never retried, never the run's failure
     │   ├── InputFileError         a file the row names is missing or unreadable
-    │   └── MediaError             a file that is present but cannot be decoded / converted
+    │   ├── MediaError             a file that is present but cannot be decoded / converted
+    │   └── InputTooLong           more than one session takes, and --split never (or no cut can help)
     ├── ProtocolError              a frame or an event order that breaks the protocol
     │   └── InvalidState           an illegal call on the protocol core, raised at once
     ├── RemoteError                something the service (or the network to it) did
@@ -64,6 +65,13 @@ class InputFileError(ItemError):
 
 class MediaError(ItemError):
     kind = "media"
+
+
+class InputTooLong(ItemError):
+    """An item more than one session can take (the model's input limit, the session lifetime) that may
+    not be split (``--split never``) or that no split can help (its text alone is over the limit)."""
+
+    kind = "too_long"
 
 
 class ProtocolError(BatchQwenError):

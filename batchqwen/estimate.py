@@ -14,7 +14,11 @@ Per item, the rules are those of the real run (see :func:`batchqwen.cost.estimat
 * text: the row's instructions (else the run's) and the prompt; on models without text input the prompt
   travels inside the instructions (``instructions + "\\n\\n" + prompt``), as the runner sends it; a
   model with text input given a prompt and no images/video gets no silence padding;
-* output: from the :class:`~batchqwen.cost.OutputAssumption`.
+* output: from the :class:`~batchqwen.cost.OutputAssumption`;
+* an item too long for one session (:mod:`batchqwen.split`): with ``split="auto"`` it counts as the
+  sessions its segments will be (cut at the aims, as the run would before it finds the pauses: the
+  same count; the instructions, prompt and answer once per segment), and is listed under "Too long for
+  one session"; with ``split="never"`` it is a problem (the run fails it without sending anything).
 
 A row with a problem (missing file, unreadable media, unknown model or voice) is listed, counted and
 left out of the totals; it never stops the estimate. A model with no known price has its tokens counted
@@ -47,18 +51,21 @@ from batchqwen.cost import (
     cost_breakdown,
     estimate_tokens,
 )
-from batchqwen.errors import BatchQwenError
-from batchqwen.items import Item
+from batchqwen.errors import BatchQwenError, InputTooLong
+from batchqwen.items import INPUT_SAMPLE_RATE, Item
 from batchqwen.manifest import RawRows, items_of, iter_raw_rows, validate_item
 from batchqwen.media import (
     DEFAULT_MAX_VIDEO_FRAMES,
     fit_image_size,
+    image_times,
     probe_audio_seconds,
     probe_image_size,
     probe_video,
 )
+from batchqwen.models import image_tokens
 from batchqwen.plan import plan_item
 from batchqwen.realtime.gateways import normalize_region
+from batchqwen.split import SplitMode, plan_segments, session_budget
 from batchqwen.tokens import text_tokens_exact
 
 ESTIMATE_FILE = "estimate.parquet"
@@ -79,6 +86,7 @@ ESTIMATE_SCHEMA = pa.schema(
         ("audio_seconds", pa.float64()),
         ("padded_silence_seconds", pa.float64()),
         ("image_count", pa.int64()),
+        ("segments", pa.int64()),
         ("input_text_tokens", pa.int64()),
         ("input_audio_tokens", pa.int64()),
         ("input_image_tokens", pa.int64()),
@@ -106,6 +114,8 @@ class RowEstimate:
     image_count: int = 0
     tokens: TokenEstimate | None = None
     problem: str | None = None
+    segments: int = 1  # sessions the item will run as (more than one: too long for one session, split)
+    too_long: str | None = None  # why one session cannot take it (the estimate and the limit), when split
 
 
 @dataclass(frozen=True)
@@ -151,6 +161,8 @@ class EstimateReport:
     items: int = 0
     problem_count: int = 0
     problems: list[Problem] = field(default_factory=list)  # the first MAX_PROBLEMS_KEPT
+    too_long_count: int = 0  # rows too long for one session, counted as the segments they will run as
+    too_long: list[Problem] = field(default_factory=list)  # the first MAX_PROBLEMS_KEPT of them
     by_model: dict[str, ModelTotals] = field(default_factory=dict)
     parquet: Path | None = None
     elapsed_seconds: float = 0.0
@@ -196,6 +208,8 @@ class _Settings:
     max_video_frames: int
     target_language: str | None = None
     source_language: str | None = None
+    split: SplitMode = "auto"
+    pace: float = 0.0
 
 
 def estimate_item(
@@ -211,6 +225,8 @@ def estimate_item(
     voice: str | None = None,
     target_language: str | None = None,
     source_language: str | None = None,
+    split: SplitMode = "auto",
+    pace: float = 0.0,
 ) -> RowEstimate:
     """Estimate one item from its media's metadata; a local problem becomes the row's ``problem``."""
     settings = _Settings(
@@ -224,6 +240,8 @@ def estimate_item(
         max_video_frames,
         target_language,
         source_language,
+        split,
+        pace,
     )
     return _estimate_item(item, settings)
 
@@ -293,23 +311,45 @@ def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
         validate_item(item)
         audio_seconds = _PROBES.get(item.audio, probe_audio_seconds) if item.audio is not None else 0.0
         sizes: list[tuple[int, int]] = []
+        moments: list[float] = []  # where each image sits in the audio (for a split: which segment takes it)
         if item.video is not None:
             video = _PROBES.get(item.video, probe_video, fps=plan.video_fps, max_frames=s.max_video_frames)
             sizes.extend([video.frame_size] * len(video.frame_times))
+            moments.extend(video.frame_times)
             if item.audio is None:  # an audio file, when given, is the sound; the video gives frames only
                 audio_seconds = video.audio_seconds
         padded = 0.0
         if audio_seconds <= 0 and plan.pad_silence_seconds > 0:
             padded = audio_seconds = plan.pad_silence_seconds
         sizes.extend(fit_image_size(*_PROBES.get(path, probe_image_size)) for path in item.images)
+        moments.extend(image_times(len(item.images), audio_seconds))
+        texts = (plan.instructions, plan.prompt)
         tokens = estimate_tokens(
-            model,
-            audio_seconds=audio_seconds,
-            image_sizes=sizes,
-            texts=(plan.instructions, plan.prompt),
-            modalities=modalities,
-            output=s.output,
+            model, audio_seconds=audio_seconds, image_sizes=sizes, texts=texts, modalities=modalities, output=s.output
         )
+        segments = 1
+        budget = session_budget(model, texts=texts, modalities=modalities, output=s.output, pace=s.pace)
+        too_long = budget.too_long(audio_seconds, tokens.input_image)
+        if too_long is not None:
+            images = [(at, image_tokens(model, w, h)) for at, (w, h) in zip(moments, sizes, strict=True)]
+            parts = plan_segments(round(audio_seconds * INPUT_SAMPLE_RATE), budget, images=images)
+            if s.split == "never":
+                raise InputTooLong(
+                    f"{too_long}; --split never: this row fails without sending anything"
+                    f" (--split auto would send it as {len(parts)} sessions cut at pauses)"
+                )
+            per_segment = [
+                estimate_tokens(
+                    model,
+                    audio_seconds=part.seconds,
+                    image_sizes=[size for at, size in zip(moments, sizes, strict=True) if part.holds(at)],
+                    texts=texts,
+                    modalities=modalities,
+                    output=s.output,
+                )
+                for part in parts
+            ]
+            segments, tokens = len(parts), _sum_estimates(per_segment)
     except (BatchQwenError, OSError, ValueError) as exc:
         # media libraries raise OSError/ValueError subclasses of their own; one bad row never stops the run
         return RowEstimate(item.id, item.row, model_name, tuple(modalities), problem=_problem_text(exc))
@@ -322,7 +362,14 @@ def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
         padded_silence_seconds=padded,
         image_count=len(sizes),
         tokens=tokens,
+        segments=segments,
+        too_long=too_long,
     )
+
+
+def _sum_estimates(estimates: Iterable[TokenEstimate]) -> TokenEstimate:
+    parts = list(estimates)
+    return TokenEstimate(**{name: sum(getattr(e, name) for e in parts) for name in MODALITIES})
 
 
 def _problem_text(exc: BaseException) -> str:
@@ -379,6 +426,8 @@ def estimate_manifest(
     voice: str | None = None,
     target_language: str | None = None,
     source_language: str | None = None,
+    split: SplitMode = "auto",
+    pace: float = 0.0,
 ) -> EstimateReport:
     """Estimate tokens and cost of every row of the manifest at ``path``; no network access at all.
 
@@ -408,6 +457,8 @@ def estimate_manifest(
         max_video_frames,
         target_language,
         source_language,
+        split,
+        pace,
     )
     writer = _RowWriter(out_dir / ESTIMATE_FILE) if out_dir is not None else None
     cores = os.cpu_count() or 1
@@ -526,6 +577,11 @@ def _record(report: EstimateReport, prices: PriceBook, writer: _RowWriter | None
         if len(report.problems) < MAX_PROBLEMS_KEPT:
             report.problems.append(Problem(row.row, row.id, row.problem or "unknown problem"))
     else:
+        if row.too_long is not None:
+            report.too_long_count += 1
+            if len(report.too_long) < MAX_PROBLEMS_KEPT:
+                note = f"{row.too_long}: --split auto sends it as {row.segments} sessions cut at pauses"
+                report.too_long.append(Problem(row.row, row.id, note))
         totals = report.by_model.get(row.model)
         if totals is None:
             totals = report.by_model[row.model] = ModelTotals(row.model, prices.lookup(row.model, report.region))
@@ -556,6 +612,7 @@ def _record(report: EstimateReport, prices: PriceBook, writer: _RowWriter | None
             "audio_seconds": row.audio_seconds if tokens else None,
             "padded_silence_seconds": row.padded_silence_seconds if tokens else None,
             "image_count": row.image_count if tokens else None,
+            "segments": row.segments if tokens else None,
             "input_text_tokens": tokens.input_text if tokens else None,
             "input_audio_tokens": tokens.input_audio if tokens else None,
             "input_image_tokens": tokens.input_image if tokens else None,
@@ -636,6 +693,13 @@ def format_report(report: EstimateReport) -> str:
         if report.problem_count > len(report.problems):
             more = report.problem_count - len(report.problems)
             where = f" (all in {report.parquet}, column 'problem')" if report.parquet else ""
+            lines.append(f"  ... and {more:,} more{where}")
+    if report.too_long_count:
+        lines += ["", f"Too long for one session ({report.too_long_count:,} rows, counted above as their segments):"]
+        lines += [f"  row {p.row} (id {p.id}): {p.message}" for p in report.too_long]
+        if report.too_long_count > len(report.too_long):
+            more = report.too_long_count - len(report.too_long)
+            where = f" (all in {report.parquet}, column 'segments' > 1)" if report.parquet else ""
             lines.append(f"  ... and {more:,} more{where}")
     if report.parquet is not None:
         lines += ["", f"Rows: {report.parquet}"]

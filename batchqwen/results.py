@@ -83,6 +83,7 @@ RESULT_SCHEMA: pa.Schema = pa.schema(
         ("input_audio_seconds", pa.float64()),
         ("padded_silence_seconds", pa.float64()),
         ("image_count", pa.int64()),
+        ("segments", pa.int64()),
         ("est_input_text_tokens", pa.int64()),
         ("est_input_audio_tokens", pa.int64()),
         ("est_input_image_tokens", pa.int64()),
@@ -141,6 +142,7 @@ class ResultRow:
     input_audio_seconds: float | None = None
     padded_silence_seconds: float | None = None
     image_count: int | None = None
+    segments: int | None = None  # sessions the item ran as: 1, or more for a recording split at pauses
     est_input_text_tokens: int | None = None
     est_input_audio_tokens: int | None = None
     est_input_image_tokens: int | None = None
@@ -520,6 +522,18 @@ class JournalIndex(Mapping[str, dict[str, Any]]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.entries)
+
+    def billed_before(self, entry: JournalEntry) -> int:
+        """Tokens billed for an item by the attempts its (not ok) record ``entry`` stands for: what a
+        rerun must still count (a failed item's earlier attempts, a half-done split item's segments)."""
+        if entry.status == STATUS_OK:
+            return 0
+        with self.path.open("rb") as handle:
+            handle.seek(entry.offset)
+            record = _parse_line(handle.readline())
+        if record is None:
+            return 0
+        return int(record.get("failed_attempt_tokens") or 0) + int(record.get("usage_total_tokens") or 0)
 
     def __len__(self) -> int:
         return len(self.entries)

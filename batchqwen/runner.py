@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from batchqwen import cost, manifest, media, quotas, results
+from batchqwen import cost, longaudio, manifest, media, quotas, results, split
 from batchqwen.breaker import Breaker, EventSink
 from batchqwen.config import RunConfig
 from batchqwen.errors import (
@@ -135,6 +135,8 @@ class ReadyItem:
     item: Item
     plan: ItemPlan
     media: PreparedInput
+    #: too long for one session: its segments, each run as a session of its own (``media`` then has its images)
+    recording: longaudio.LongRecording | None = None
 
 
 async def process_item(
@@ -191,9 +193,13 @@ async def prepare(item: Item, ctx: ItemContext, *, decoder: Executor | None = No
         "notes": list(plan.notes),
     }
     try:
+        # an item too long for one session is measured and cut here (or refused with --split never)
         decode = functools.partial(
-            media.prepare_item,
+            longaudio.prepare,
             item,
+            budget=session_budget(plan, config, ctx.output),
+            split=config.split,
+            spool_dir=ctx.out_dir / longaudio.SPOOL_DIR,
             video_fps=plan.video_fps,
             pad_silence_seconds=plan.pad_silence_seconds,
             video_frames=config.video_frames,
@@ -203,7 +209,22 @@ async def prepare(item: Item, ctx: ItemContext, *, decoder: Executor | None = No
         return results.failed_row(
             item, exc, attempts=0, secrets=secrets, started_at=started, finished_at=_now(), **chosen
         )
+    if isinstance(prepared, longaudio.LongRecording):
+        return ReadyItem(item, plan, PreparedInput(images=prepared.images, notes=prepared.notes), prepared)
     return ReadyItem(item, plan, prepared)
+
+
+def session_budget(plan: ItemPlan, config: RunConfig, output: cost.OutputAssumption) -> split.SessionBudget:
+    """What one session of the item's model can take (see :mod:`batchqwen.split`); at ``--pace`` the
+    streaming must also end in time for the answer within the session lifetime (``item_timeout_for``)."""
+    return split.session_budget(
+        plan.model,
+        texts=(plan.instructions, plan.prompt),
+        modalities=plan.modalities,
+        output=output,
+        pace=config.pace,
+        answer_seconds=split.LIFETIME_KEPT_SECONDS,  # ITEM_TIMEOUT_MARGIN + SESSION_LIFETIME_MARGIN
+    )
 
 
 async def session(
@@ -214,8 +235,26 @@ async def session(
     event_log: Callable[[str, str, dict[str, Any]], None] | None = None,
     breaker: Breaker | None = None,
     run_events: EventSink | None = None,
+    wav_file: Path | None = None,
+    progress: longaudio.ProgressSink | None = None,
 ) -> results.ResultRow:
-    """Stream one prepared item through a session (with retries) and collect its result row."""
+    """Stream one prepared item through a session (with retries) and collect its result row.
+
+    A long recording (``ready.recording``) runs as one session per segment, in order, each through this
+    function (``wav_file``: where that segment's answer goes); ``progress`` journals the half-done item
+    after each segment but the last.
+    """
+    if ready.recording is not None:
+
+        async def one_segment(segment_media: PreparedInput, wav: Path) -> results.ResultRow:
+            segment = ReadyItem(ready.item, ready.plan, segment_media)
+            return await session(
+                segment, ctx, limiter, event_log=event_log, breaker=breaker, run_events=run_events, wav_file=wav
+            )
+
+        return await longaudio.run_segments(
+            ready.item, ready.recording, one_segment, out_dir=ctx.out_dir, notes=ready.plan.notes, progress=progress
+        )
     config = ctx.config
     secrets = [config.api_key] if config.api_key else []
     started = _now()
@@ -235,6 +274,7 @@ async def session(
         "input_audio_seconds": round(prepared.audio_seconds, 3),
         "padded_silence_seconds": prepared.padded_silence_seconds,
         "image_count": len(prepared.images),
+        "segments": 1,
         **{f"est_{name}_tokens": value for name, value in estimate.as_dict().items()},
         "est_cost": est_cost,
         "currency": ctx.prices.currency,
@@ -360,7 +400,7 @@ async def session(
 
     if result.output_pcm:
         try:
-            wav_path = results.wav_path(ctx.out_dir, item.id)
+            wav_path = wav_file or results.wav_path(ctx.out_dir, item.id)
             wav = media.pcm_to_wav(result.output_pcm, plan.model.output_sample_rate)
             await asyncio.to_thread(results.write_wav_atomic, wav_path, wav)
         except OSError as exc:
@@ -669,6 +709,8 @@ async def _run_locked(
             voice=config.voice,
             target_language=config.translate_to,
             source_language=config.source_language,
+            split=config.split,
+            pace=config.pace,
         )
         # items of this manifest (and --limit) that will not run again: take their estimate off the total
         already = await asyncio.to_thread(_estimated_cost_already_done, config, done)
@@ -812,6 +854,14 @@ async def _run_locked(
         # model name -> why the service refused it (Model.NotExist, unpurchased): its other items fail at once
         unavailable: dict[str, ServerError] = {}
 
+        async def journal_progress(partial: results.ResultRow, *, carried: int) -> None:
+            """A half-done long recording on record (pending, what it was billed so far), durable on disk."""
+            if carried:
+                partial.failed_attempt_tokens = (partial.failed_attempt_tokens or 0) + carried
+            record = partial.to_record()
+            offset = await asyncio.to_thread(journal.append, record)  # OutputUnwritable stops the run
+            done.note(record, offset)
+
         async def worker() -> None:
             while not stopping.is_set():
                 ready = await ahead.get()
@@ -819,13 +869,29 @@ async def _run_locked(
                     return
                 item = ready.item if isinstance(ready, ReadyItem) else None
                 model_name = (item.model or config.model).strip() if item is not None else ""
+                # tokens billed by this item's earlier, unfinished runs (failed attempts, segments of a
+                # half-done recording): still spent, so its new row counts them
+                subject = ready if isinstance(ready, results.ResultRow) else ready.item
+                key, content = subject.id, subject.content_hash
+                before = done.entries.get(key)
+                carried = 0
+                if before is not None and before.status != results.STATUS_OK and before.content_hash == content:
+                    carried = await asyncio.to_thread(done.billed_before, before)
                 work: Coroutine[Any, Any, results.ResultRow]
                 if isinstance(ready, results.ResultRow):
                     work = _already(ready)  # refused before any session: a row as it is
                 elif model_name in unavailable:
                     work = _unavailable_row(ready.item, model_name, unavailable[model_name], secrets)
                 else:
-                    work = session(ready, ctx, limiter, event_log=event_log, breaker=breaker, run_events=run_events)
+                    work = session(
+                        ready,
+                        ctx,
+                        limiter,
+                        event_log=event_log,
+                        breaker=breaker,
+                        run_events=run_events,
+                        progress=functools.partial(journal_progress, carried=carried),
+                    )
                 task = asyncio.create_task(work)
                 in_flight.add(task)
                 try:
@@ -856,6 +922,8 @@ async def _run_locked(
                     raise
                 finally:
                     in_flight.discard(task)
+                if carried:
+                    row.failed_attempt_tokens = (row.failed_attempt_tokens or 0) + carried
                 if row.error_code in MODEL_UNAVAILABLE_CODES and row.error_type != ModelUnavailable.kind:
                     if model_name not in unavailable:
                         log.error(

@@ -101,3 +101,97 @@ class SpeechDetector:
                 floor = end
                 self.reset()
         return marks
+
+
+# ----------------------------------------------------------------------------- cutting long audio at pauses
+
+#: a quiet stretch at least this long is a pause between phrases (a gap between syllables is shorter)
+MIN_PAUSE_MS = 200
+#: a frame is quiet when it is at most this far above the quiet floor of the audio around it, which is
+#: the level of its quietest ``QUIET_FLOOR_PERCENTILE`` % of frames: the threshold follows the recording's
+#: own background (a call centre's hum, a studio's near silence) instead of a fixed level
+QUIET_MARGIN_DB = 10.0
+QUIET_FLOOR_PERCENTILE = 5.0
+
+
+class LevelMeter:
+    """Frame levels (:func:`frame_dbfs`) of PCM16 audio fed in pieces of any size, in order: only the
+    levels are kept (8 bytes per 20 ms, 1.7 MB for 70 minutes), never the audio."""
+
+    def __init__(self) -> None:
+        self._rest = b""
+        self._parts: list[np.ndarray[Any, np.dtype[np.float64]]] = []
+        self.nbytes = 0
+
+    def feed(self, pcm: bytes) -> None:
+        self.nbytes += len(pcm)
+        data = self._rest + pcm if self._rest else pcm
+        whole = len(data) - len(data) % FRAME_BYTES
+        if whole:
+            self._parts.append(frame_dbfs(data[:whole]))
+        self._rest = data[whole:]
+
+    def levels(self) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """One level per 20 ms frame so far; a last partial frame counts as a frame of its own."""
+        parts = list(self._parts)
+        if len(self._rest) >= 2:
+            rest = self._rest[: len(self._rest) - len(self._rest) % 2]
+            padded = rest + bytes(FRAME_BYTES - len(rest))  # its missing samples as silence
+            parts.append(frame_dbfs(padded))
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Where to cut: at the start of frame ``frame``, inside a quiet stretch of ``quiet_frames`` frames
+    (measured whole, also beyond the search window)."""
+
+    frame: int
+    quiet_frames: int
+
+    @property
+    def in_pause(self) -> bool:
+        """True when the cut falls in a pause (not between two syllables, nor inside speech)."""
+        return self.quiet_frames * FRAME_MS >= MIN_PAUSE_MS
+
+
+def quiet_threshold_dbfs(levels: np.ndarray[Any, np.dtype[np.float64]]) -> float:
+    """The level at or under which a frame of ``levels`` is quiet (see :data:`QUIET_MARGIN_DB`)."""
+    if levels.size == 0:
+        return SILENCE_FLOOR_DBFS
+    return float(np.percentile(levels, QUIET_FLOOR_PERCENTILE)) + QUIET_MARGIN_DB
+
+
+def quiet_runs(quiet: np.ndarray[Any, np.dtype[np.bool_]]) -> list[tuple[int, int]]:
+    """(start, end) frame ranges, end exclusive, of the runs of True in ``quiet``."""
+    edges = np.diff(np.concatenate(([0], quiet.astype(np.int8), [0])))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return list(zip(starts.tolist(), ends.tolist(), strict=True))
+
+
+def best_cut(levels: np.ndarray[Any, np.dtype[np.float64]], low: int, high: int, *, target: int) -> Cut:
+    """The cut in frames ``low`` .. ``high`` (inclusive): the middle of the longest quiet stretch that
+    reaches into the window, so the cut is never inside speech when the window holds a pause. Ties go to
+    the stretch nearest ``target``. A stretch running past the window is measured whole (the audio around
+    the window is looked at as far again as the window is wide), its cut kept inside the window."""
+    count = int(levels.size)
+    low, high = max(0, low), min(count, high)
+    if high <= low:
+        return Cut(min(max(target, 0), count), 0)
+    reach = high - low
+    start, stop = max(0, low - reach), min(count, high + reach)
+    around = levels[start:stop]
+    quiet = around <= quiet_threshold_dbfs(around)
+    best: tuple[int, int, int] | None = None  # (length, -distance to the target, cut frame)
+    for run_start, run_end in quiet_runs(quiet):
+        first, last = start + run_start, start + run_end  # absolute frames, end exclusive
+        if last <= low or first > high:
+            continue  # the stretch does not reach into the window
+        cut = min(max((first + last) // 2, low), high)
+        key = (last - first, -abs(cut - target), cut)
+        if best is None or key > best:
+            best = key
+    if best is None:  # nothing quiet reaches the window: the quietest frame in it
+        quietest = low + int(np.argmin(levels[low:high]))
+        return Cut(quietest, 0)
+    return Cut(best[2], best[0])

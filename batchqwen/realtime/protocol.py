@@ -181,19 +181,21 @@ def _b64(data: bytes) -> str:
 
 def _input_events(request: TurnRequest, *, commit: bool) -> Iterator[Outgoing]:
     """Audio chunks with images interleaved by time (never before the first chunk), then the commit."""
-    pcm = request.media.pcm16
+    media = request.media
     size = request.chunk_bytes
-    images = sorted(request.media.images, key=lambda image: image.at_seconds)
+    images = sorted(media.images, key=lambda image: image.at_seconds)
     next_image = 0
-    for start in range(0, len(pcm), size):
+    start = 0
+    for chunk in media.pcm_chunks(size):  # from memory, or read from a long recording as it goes
         at = start / INPUT_BYTES_PER_SECOND
-        yield Outgoing(InputAudioBufferAppend(audio=_b64(pcm[start : start + size])), at)
-        sent_until = min(start + size, len(pcm)) / INPUT_BYTES_PER_SECOND
+        yield Outgoing(InputAudioBufferAppend(audio=_b64(chunk)), at)
+        start += len(chunk)
+        sent_until = start / INPUT_BYTES_PER_SECOND
         # an image goes once the audio up to its moment has gone
         while next_image < len(images) and images[next_image].at_seconds <= sent_until:
             yield Outgoing(InputImageBufferAppend(image=_b64(images[next_image].jpeg)), sent_until)
             next_image += 1
-    end = len(pcm) / INPUT_BYTES_PER_SECOND
+    end = media.pcm_bytes / INPUT_BYTES_PER_SECOND
     for image in images[next_image:]:  # images past the end of the audio
         yield Outgoing(InputImageBufferAppend(image=_b64(image.jpeg)), end)
     if commit:
@@ -213,17 +215,17 @@ class ClientTurn:
     ) -> None:
         if request.chunk_bytes <= 0 or request.chunk_bytes % 2:
             raise UsageError(f"chunk_bytes must be a positive even number, not {request.chunk_bytes}")
-        if len(request.media.pcm16) % 2:
+        if request.media.pcm_bytes % 2:
             raise ItemError("input PCM16 has an odd number of bytes")
-        if request.media.images and not request.media.pcm16:
+        if request.media.images and not request.media.pcm_bytes:
             raise ItemError("images need audio: the service rejects an image before any audio")
         if request.prompt and not request.model.text_input:
             raise UsageError(f"{request.model.name} takes no text input: fold the prompt into instructions")
         self.family = get_family(request.model.protocol)
         self.server_turns = self.family.turn == "server"
         self.session_end = request.model.session_end or self.family.end  # a per-model fact, the family's by default
-        has_media = bool(request.media.pcm16 or request.media.images)
-        if self.server_turns and not request.media.pcm16:
+        has_media = bool(request.media.pcm_bytes or request.media.images)
+        if self.server_turns and not request.media.pcm_bytes:
             raise ItemError(f"{request.model.name} answers speech: the item has no audio")
         self.request = request
         self.transcript_grace = transcript_grace
