@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 import wave
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -321,6 +322,11 @@ def _cut(
             f" {budget.segment_input_tokens:,} input tokens each"
         )
     return LongRecording(audio, spooled, samples, segments, images, (*notes, why))
+
+
+def clear_spool(out_dir: Path) -> None:
+    """Remove every spool file of ``out_dir`` (a run does it at its start and its end, under its lock)."""
+    shutil.rmtree(Path(out_dir) / SPOOL_DIR, ignore_errors=True)
 
 
 def spool_path(spool_dir: Path, item_id: str) -> Path:

@@ -679,6 +679,7 @@ async def _run_locked(
     prices = cost.load_prices(config.prices)
     output = cost.OutputAssumption(output_seconds_per_item=config.output_seconds)
     journal = results.Journal(out)
+    longaudio.clear_spool(out)  # left by a run that was killed (the lock says none is running)
     done = journal.index()  # small entries in memory; the records stay in the journal file
     secrets = [config.api_key] if config.api_key else []
     total = checked.rows if config.limit is None else min(checked.rows, config.limit)
@@ -972,6 +973,7 @@ async def _run_locked(
             remove_handlers()
             if decoder is not None:
                 decoder.shutdown(wait=False, cancel_futures=True)
+            longaudio.clear_spool(out)  # long recordings prepared and never run
             progress.close()
             breaker_summary = breaker.summary()
             journal.close()
