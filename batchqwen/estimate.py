@@ -86,7 +86,6 @@ ESTIMATE_SCHEMA = pa.schema(
         ("audio_seconds", pa.float64()),
         ("padded_silence_seconds", pa.float64()),
         ("image_count", pa.int64()),
-        ("segments", pa.int64()),
         ("input_text_tokens", pa.int64()),
         ("input_audio_tokens", pa.int64()),
         ("input_image_tokens", pa.int64()),
@@ -97,6 +96,7 @@ ESTIMATE_SCHEMA = pa.schema(
         ("currency", pa.string()),
         ("price_known", pa.bool_()),
         ("problem", pa.string()),
+        ("segments", pa.int64()),
     ]
 )
 

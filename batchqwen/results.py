@@ -83,7 +83,6 @@ RESULT_SCHEMA: pa.Schema = pa.schema(
         ("input_audio_seconds", pa.float64()),
         ("padded_silence_seconds", pa.float64()),
         ("image_count", pa.int64()),
-        ("segments", pa.int64()),
         ("est_input_text_tokens", pa.int64()),
         ("est_input_audio_tokens", pa.int64()),
         ("est_input_image_tokens", pa.int64()),
@@ -111,6 +110,7 @@ RESULT_SCHEMA: pa.Schema = pa.schema(
         ("first_audio_seconds", pa.float64()),
         ("total_seconds", pa.float64()),
         ("content_hash", pa.string()),
+        ("segments", pa.int64()),
     ]
 )
 RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
@@ -142,7 +142,6 @@ class ResultRow:
     input_audio_seconds: float | None = None
     padded_silence_seconds: float | None = None
     image_count: int | None = None
-    segments: int | None = None  # sessions the item ran as: 1, or more for a recording split at pauses
     est_input_text_tokens: int | None = None
     est_input_audio_tokens: int | None = None
     est_input_image_tokens: int | None = None
@@ -170,6 +169,7 @@ class ResultRow:
     first_audio_seconds: float | None = None
     total_seconds: float | None = None
     content_hash: str = ""
+    segments: int | None = None  # sessions the item ran as: 1, or more for a recording split at pauses
 
     @classmethod
     def from_item(cls, item: Item, status: str, **fields: Any) -> ResultRow:

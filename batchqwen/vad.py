@@ -31,14 +31,23 @@ def vad_threshold_dbfs(threshold: float) -> float:
     return -40.0 + 30.0 * threshold
 
 
+_LEVEL_BLOCK_FRAMES = 3_000  # frames measured at a time: a minute, 8 MB of float64 squares
+
+
 def frame_dbfs(pcm: bytes) -> np.ndarray[Any, np.dtype[np.float64]]:
-    """RMS level in dBFS of each whole 20 ms frame of PCM16LE mono 16 kHz audio."""
+    """RMS level in dBFS of each whole 20 ms frame of PCM16LE mono 16 kHz audio.
+
+    A minute at a time: squaring a 35-minute segment at once would take 270 MB of float64 for a moment."""
     n = len(pcm) // FRAME_BYTES
     if n == 0:
         return np.zeros(0)
     samples = np.frombuffer(pcm, dtype="<i2", count=n * FRAME_BYTES // 2).reshape(n, -1)
-    rms = np.sqrt(np.mean(np.square(samples, dtype=np.float64), axis=1)) / 32768.0
-    return np.asarray(20.0 * np.log10(np.maximum(rms, 1e-5)), dtype=np.float64)
+    levels = np.empty(n, dtype=np.float64)
+    for start in range(0, n, _LEVEL_BLOCK_FRAMES):
+        block = samples[start : start + _LEVEL_BLOCK_FRAMES]
+        rms = np.sqrt(np.mean(np.square(block, dtype=np.float64), axis=1)) / 32768.0
+        levels[start : start + len(block)] = 20.0 * np.log10(np.maximum(rms, 1e-5))
+    return levels
 
 
 def speech_segments(pcm: bytes, threshold_dbfs: float, *, min_gap_ms: int = SEGMENT_GAP_MS) -> list[tuple[int, int]]:
