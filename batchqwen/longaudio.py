@@ -50,6 +50,9 @@ from batchqwen.split import Segment, SessionBudget, SplitMode, merge_rows, plan_
 from batchqwen.vad import LevelMeter
 
 SPOOL_DIR = ".long-audio"  # under OUT: decoded PCM of long recordings while they run
+#: below any speech codec in use (Opus goes down to 750 bytes a second, AMR-NB to 594, Speex to 269): a
+#: file smaller than this many bytes per second of the shortest audio a session refuses cannot hold it
+MIN_BYTES_PER_SECOND = 200
 _QUICK_PROBE = {"probesize": "65536", "analyzeduration": "200000"}  # headers only, as media's probes
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
@@ -212,7 +215,7 @@ def prepare(
     spool cannot be written for a full or read-only disk.
     """
     sound = item.audio if item.audio is not None else item.video
-    seconds = probe_seconds(sound) if sound is not None else None
+    seconds = probe_seconds(sound) if sound is not None and _may_be_long(sound, budget) else None
     if sound is not None and seconds is not None:
         reason = budget.too_long(seconds)
         if reason is not None:
@@ -249,6 +252,16 @@ def prepare(
     meter.feed(prepared.pcm16)
     _write_spool(spool, prepared.pcm16)
     return _cut(budget, spool, True, samples, meter, prepared.images, prepared.notes)
+
+
+def _may_be_long(path: Path, budget: SessionBudget) -> bool:
+    """Whether the file is big enough to hold audio too long for one session, even at the lowest bit
+    rate speech is stored at (:data:`MIN_BYTES_PER_SECOND`); a smaller file is not even probed."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return False  # the normal preparation says what is wrong with it
+    return size >= budget.shortest_too_long_seconds * MIN_BYTES_PER_SECOND
 
 
 def _never(reason: str, budget: SessionBudget, samples: int, images: Sequence[tuple[float, int]] = ()) -> str:

@@ -755,6 +755,8 @@ async def _run_locked(
                     if item is None:
                         return
                     await ahead.put(await prepare(item, ctx, decoder=decoder))
+            except OutputUnwritable as exc:  # a long recording's spool on a full disk: the environment's
+                output_failed(exc)
             except Exception as exc:  # not the item's (a decoder process that died, a bug): stop, say it
                 message = results.redact(f"{type(exc).__name__}: {exc}", secrets)
                 log.error("stopping the run: preparation failed: %s", message)

@@ -96,6 +96,15 @@ class SessionBudget:
         stream = self.max_stream_seconds
         return seconds if stream is None else min(seconds, stream)
 
+    @property
+    def shortest_too_long_seconds(self) -> float:
+        """The least audio :meth:`too_long` can refuse (images aside): shorter is never split."""
+        model = self.model
+        room = min(model.max_input_tokens, model.context_tokens - self.output_tokens) - self.text_tokens
+        seconds = max(0.0, room / model.audio_tokens_per_second)
+        stream = self.max_stream_seconds
+        return seconds if stream is None else min(seconds, stream)
+
     def input_tokens(self, audio_seconds: float, image_tokens: int = 0) -> int:
         return self.text_tokens + audio_tokens(self.model, audio_seconds) + image_tokens
 

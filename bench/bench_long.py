@@ -288,9 +288,10 @@ def main() -> None:
                 both = run_cli(["run", str(source), "--simulate", "--out", str(out), *common], package_root=root)
                 got = row_of(out)
                 tokens = f"{got['usage_input_tokens']:,}" if got["usage_input_tokens"] else "-"
+                parts = str(got.get("segments") or "-")  # the version before has no such column
                 rows.append(
-                    [f"{label}, wav, --simulate (one process)", str(both.code), str(got["status"]),
-                     str(got["segments"] or "-"), tokens, f"{both.wall:.1f}", f"{both.cpu:.1f}", f"{both.rss_mb:.0f}"]
+                    [f"{label}, wav, --simulate (one process)", str(both.code), str(got["status"]), parts, tokens,
+                     f"{both.wall:.1f}", f"{both.cpu:.1f}", f"{both.rss_mb:.0f}"]
                 )  # fmt: skip
 
     print()
