@@ -427,11 +427,14 @@ def _check_defaults(
 
 def _estimate(manifest: Path, out: Path, options: dict[str, Any]) -> None:
     from batchqwen import cost
-    from batchqwen.estimate import estimate_manifest, format_report
+    from batchqwen.estimate import estimate_manifest, format_report, write_estimate_summary
     from batchqwen.manifest import check_manifest
     from batchqwen.models import validate_modalities
 
+    calibration: Any = None
+
     def work() -> Any:
+        nonlocal calibration
         modalities = validate_modalities(_modalities(options["modalities"]) or ())
         _check_defaults(
             options["model"], options["voice"], modalities, options["translate_to"], options["source_language"]
@@ -439,7 +442,13 @@ def _estimate(manifest: Path, out: Path, options: dict[str, Any]) -> None:
         check_manifest(manifest)
         prices = cost.load_prices(options["prices"])
         output = cost.OutputAssumption(output_seconds_per_item=options["output_seconds"])
-        return estimate_manifest(
+        history = options.get("calibrate_from") or ()
+        if history:
+            from batchqwen.calibrate import calibrate
+
+            calibration = calibrate(list(history))
+            output = calibration.output(output)
+        report = estimate_manifest(
             manifest,
             default_model=options["model"],
             region=_check_region(options["region"]),
@@ -457,9 +466,22 @@ def _estimate(manifest: Path, out: Path, options: dict[str, Any]) -> None:
             split=options["split"],
             pace=options.get("pace") or 0.0,  # run --dry-run --pace: the session lifetime counts too
         )
+        if calibration is not None and report.parquet is not None and report.total_cost is not None:
+            import pandas as pd
+
+            from batchqwen.calibrate import cost_range
+
+            rows = pd.read_parquet(report.parquet)
+            report.cost_range = cost_range(calibration, rows, prices, _check_region(options["region"]))
+        write_estimate_summary(report, out)
+        return report
 
     report = _call(work)
     click.echo(format_report(report))
+    if calibration is not None:
+        click.echo("Calibration (answer length learned from earlier runs' ok rows):")
+        for line in calibration.describe():
+            click.echo(line)
     click.echo(f"per-item estimate in {out / 'estimate.parquet'}")
 
 
@@ -555,6 +577,14 @@ def check(
 @main.command()
 @_manifest_arg
 @_shared_options
+@click.option(
+    "--calibrate-from",
+    "calibrate_from",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    multiple=True,
+    help="Learn the answer length per model from the ok rows of this earlier run's OUT (repeatable); prints the"
+    " total with a p10-p90 range. Without it: --output-seconds.",
+)
 def estimate(manifest: Path, out: Path | None, **options: Any) -> None:
     """Estimate tokens and cost of MANIFEST offline (no network). Same as `run --dry-run`."""
     _estimate(manifest, out or _default_out(manifest), options)
@@ -567,7 +597,7 @@ def models(prices: Path | None) -> None:
     from batchqwen.cost import load_prices
 
     book = _call(load_prices, prices)
-    click.echo(f"prices: {book.currency} per 1M tokens; source: {book.source}; as of {book.as_of}")
+    click.echo(f"prices: {book.currency} per 1M tokens; source: {book.describe()}")
     for model in REGISTRY.values():
         caps = [
             f"family {model.protocol}",
@@ -641,10 +671,25 @@ def models(prices: Path | None) -> None:
 @click.option("--session-lifetime", type=click.FloatRange(min=1), default=7200.0, show_default=True)
 @click.option("--idle-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault draws.")
+@click.option(
+    "--tool-rounds",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Times a turn calls each tool it names before answering (more than 1: calls after tool outputs).",
+)
+@click.option(
+    "--parallel-tool-calls/--sequential-tool-calls",
+    default=True,
+    show_default=True,
+    help="Every named tool in one response, or one call per response.",
+)
 def simulate(host: str, port: int, api_keys: tuple[str, ...], **options: Any) -> None:
     """Run the local simulator of the realtime service until interrupted.
 
-    Per-connection faults: add `&sim_fault=disconnect|server_error|hang|malformed|throttle` to the URL.
+    Per-connection faults: add `&sim_fault=disconnect|server_error|hang|malformed|throttle` to the URL, or
+    `bad_argument_type|missing_argument` (function call arguments that violate the tool's schema); tool
+    calls per connection: `&sim_tool_rounds=N&sim_parallel_calls=0|1`.
     """
     from batchqwen.sim.server import SimulatorConfig, serve
 
@@ -663,6 +708,8 @@ def simulate(host: str, port: int, api_keys: tuple[str, ...], **options: Any) ->
         session_lifetime_seconds=options["session_lifetime"],
         idle_timeout_seconds=options["idle_timeout"],
         seed=options["seed"],
+        tool_rounds=options["tool_rounds"],
+        parallel_tool_calls=options["parallel_tool_calls"],
     )
     try:
         serve(config, host, port)
@@ -672,11 +719,33 @@ def simulate(host: str, port: int, api_keys: tuple[str, ...], **options: Any) ->
 
 @main.command()
 @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
-def report(out: Path) -> None:
-    """Totals of a finished run in OUT: estimate vs actual by modality, and the estimate's error."""
+@click.option(
+    "--html",
+    "html",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[FILE]",
+    help="Also write the HTML report (default FILE: OUT/report.html): figures, every item with its audio.",
+)
+@click.option(
+    "--embed-audio",
+    is_flag=True,
+    help="With --html: put the WAVs and thumbnails inside the file (refused above 50 MB) instead of linking them.",
+)
+def report(out: Path, html: str | None, embed_audio: bool) -> None:
+    """Totals of a finished run in OUT: estimate vs actual by modality, the estimate's error, the failed items."""
     from batchqwen.report import build_report, format_report
 
     click.echo(format_report(_call(build_report, out)))
+    if embed_audio and html is None:
+        _fail("--embed-audio goes with --html", EXIT_USAGE)
+    if html is not None:
+        from batchqwen.reporting.html import write_html_report
+
+        target = Path(html) if html else None
+        path = _call(write_html_report, out, target, embed_audio=embed_audio)
+        click.echo(f"HTML report: {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

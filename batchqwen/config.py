@@ -59,6 +59,7 @@ class RunConfig:
     quiet: bool = False
     log_file: Path | None = None
     progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
+    html_report: bool = True  # OUT/report.html at the end of the run
 
     @property
     def resolved_region(self) -> str:

@@ -69,6 +69,12 @@ class PriceBook:
     as_of: str
     currency: str
     prices: Mapping[tuple[str, str], ModelPrice] = field(default_factory=dict)
+    source_url: str = ""  # the public page the prices were read from
+
+    def describe(self) -> str:
+        """Where the prices come from, for people: the page's title, its address and the date read."""
+        where = f"{self.source} <{self.source_url}>" if self.source_url else self.source
+        return f"{where}, as of {self.as_of}"
 
     def lookup(self, model_name: str, region: str) -> ModelPrice | None:
         """The price of ``model_name`` in ``region``, or None when unknown (never a zero price).
@@ -113,12 +119,12 @@ def _parse_price_file(
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"price file {where}: not valid TOML: {exc}") from None
-    allowed_top = {"source", "as_of", "currency", "models"}
+    allowed_top = {"source", "source_url", "as_of", "currency", "models"}
     for key in data:
         if key not in allowed_top:
             raise UsageError(f"price file {where}: unknown top-level key {key!r} (expected {sorted(allowed_top)})")
     meta: dict[str, str] = {}
-    for key in ("source", "as_of", "currency"):
+    for key in ("source", "source_url", "as_of", "currency"):
         if key in data:
             value = data[key]
             if not isinstance(value, str) or not value.strip():
@@ -163,7 +169,13 @@ def load_prices(path: Path | None = None, *, extend: bool = True) -> PriceBook:
     """
     shipped_meta, shipped = _parse_price_file(_shipped_price_text(), "(shipped prices.toml)")
     if path is None:
-        return PriceBook(shipped_meta["source"], shipped_meta["as_of"], shipped_meta["currency"], shipped)
+        return PriceBook(
+            shipped_meta["source"],
+            shipped_meta["as_of"],
+            shipped_meta["currency"],
+            shipped,
+            source_url=shipped_meta.get("source_url", ""),
+        )
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -181,16 +193,49 @@ def load_prices(path: Path | None = None, *, extend: bool = True) -> PriceBook:
         source = user_meta.get("source", "")
         source = f"{shipped_meta['source']} + {source or path}"
         as_of = user_meta.get("as_of", shipped_meta["as_of"])
-        return PriceBook(source, as_of, currency, merged)
+        url = user_meta.get("source_url", shipped_meta.get("source_url", ""))
+        return PriceBook(source, as_of, currency, merged, source_url=url)
     for key in ("source", "as_of", "currency"):
         if key not in user_meta:
             raise UsageError(
                 f"price file {path}: missing top-level key {key!r} (required when it replaces the shipped prices)"
             )
-    return PriceBook(user_meta["source"], user_meta["as_of"], user_meta["currency"], user)
+    return PriceBook(
+        user_meta["source"], user_meta["as_of"], user_meta["currency"], user, source_url=user_meta.get("source_url", "")
+    )
 
 
 # ----------------------------------------------------------------------------- token estimates
+
+
+@dataclass(frozen=True)
+class LengthLine:
+    """``max(floor, scale * (intercept + slope * x))``: a robust line through earlier runs, with a floor."""
+
+    intercept: float
+    slope: float
+    floor: float
+    scale: float = 1.0  # the mean of the residual factors: the line is a median fit, a total needs the mean
+
+    def __call__(self, x: float) -> float:
+        return max(self.floor, self.scale * (self.intercept + self.slope * x))
+
+
+@dataclass(frozen=True)
+class OutputFit:
+    """The answer length learned from earlier runs for one model and modality setting
+    (:mod:`batchqwen.calibrate` makes them): spoken seconds against input seconds (text+audio), text
+    tokens per second of that speech, or text tokens against input seconds (text only)."""
+
+    seconds: LengthLine | None  # output audio seconds vs input audio seconds; None in text-only mode
+    text_tokens_per_second: float = 0.0
+    text_tokens: LengthLine | None = None  # text-only mode: output text tokens vs input audio seconds
+    rows: int = 0  # ok rows it was learned from
+
+
+def modality_key(modalities: Sequence[str]) -> str:
+    """``text,audio`` or ``text``: how a modality setting is named in results and calibrations."""
+    return "text,audio" if "audio" in modalities else "text"
 
 
 @dataclass(frozen=True)
@@ -206,6 +251,9 @@ class OutputAssumption:
     output_seconds_per_item: float = 8.0
     output_ratio: float | None = None
     text_tokens_per_second_of_speech: float = 3.0
+    #: calibrated answer lengths by (model, modality key); a model and setting without one uses the above
+    fits: Mapping[tuple[str, str], OutputFit] = field(default_factory=dict)
+    calibrated_from: tuple[str, ...] = ()  # the runs the fits were learned from
 
     def __post_init__(self) -> None:
         if self.output_seconds_per_item < 0 or not math.isfinite(self.output_seconds_per_item):
@@ -228,7 +276,16 @@ class OutputAssumption:
         else:
             length = f"{self.output_seconds_per_item:g} s of speech per item"
         rate = self.text_tokens_per_second_of_speech
-        return f"output assumed: {length}; {rate:g} text tokens per second of speech"
+        fixed = f"output assumed: {length}; {rate:g} text tokens per second of speech"
+        if not self.fits:
+            return fixed
+        groups = ", ".join(f"{model} ({key})" for model, key in sorted(self.fits))
+        runs = ", ".join(self.calibrated_from)
+        return f"output calibrated from {runs} for {groups}; otherwise {fixed}"
+
+    def fit_for(self, model_name: str, modalities: Sequence[str]) -> OutputFit | None:
+        """The calibrated answer length of this model and modality setting, if one was learned."""
+        return self.fits.get((model_name, modality_key(modalities))) if self.fits else None
 
 
 @dataclass(frozen=True)
@@ -282,6 +339,12 @@ def estimate_tokens(
     input_text = sum(count_text_tokens(t) for t in texts)
     seconds = output.output_seconds(audio_seconds)
     output_text = math.ceil(round(seconds * output.text_tokens_per_second_of_speech, 6))
+    fit = output.fit_for(model.name, modalities)
+    if fit is not None and fit.seconds is not None:  # calibrated, text+audio
+        seconds = fit.seconds(audio_seconds)
+        output_text = math.ceil(round(seconds * fit.text_tokens_per_second, 6))
+    elif fit is not None and fit.text_tokens is not None:  # calibrated, text only: no speech
+        seconds, output_text = 0.0, math.ceil(round(fit.text_tokens(audio_seconds), 6))
     output_audio = audio_tokens(model, seconds) if "audio" in modalities else 0
     return TokenEstimate(input_text, input_audio, input_image, output_text, output_audio)
 

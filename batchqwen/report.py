@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from batchqwen.cost import load_prices
 from batchqwen.errors import UsageError
+from batchqwen.reporting import analysis
+from batchqwen.reporting.analysis import FailureGroup
 
 MODALITIES = ("input_text", "input_audio", "input_image", "output_text", "output_audio")
 
@@ -34,6 +38,11 @@ class RunReport:
     actual_cost: float
     currency: str
     cost_bases: dict[str, int]
+    failures: list[FailureGroup] = field(default_factory=list)
+    failure_lines: list[str] = field(default_factory=list)
+    prices: str = ""  # where the prices came from (page, address, date read)
+    header: list[str] = field(default_factory=list)  # how the run went: exit, times, model, limits
+    calibrated: dict[str, Any] | None = None  # the last estimate made in OUT (estimate.json), if any
 
 
 def _sum(table: object, column: str) -> int:
@@ -57,21 +66,54 @@ def build_report(out_dir: Path) -> RunReport:
     bases: dict[str, int] = {}
     for basis in ok.column("cost_basis").to_pylist():
         bases[str(basis)] = bases.get(str(basis), 0) + 1
-    currencies = {c for c in table.column("currency").to_pylist() if c}
+    columns = ["id", "row", "status", "error_type", "error_code", "error_message", "currency"]
+    data = analysis.load(out_dir, columns=[*columns, "started_at", "finished_at"])
+    groups = analysis.failure_groups(data.frame)
+    failed = counts.get("failed", 0)
+    summary = data.summary
+    prices = summary.get("prices_source") or ""
+    if prices and summary.get("prices_source_url"):
+        prices += f" <{summary['prices_source_url']}>"
+    if prices and summary.get("prices_as_of"):
+        prices += f", as of {summary['prices_as_of']}"
     return RunReport(
         items=table.num_rows,
-        status_counts=counts,
+        status_counts={s: counts.get(s, 0) for s in analysis.status_counts(data.frame)},
         lines=lines,
         estimated_cost=float(pc.sum(ok.column("est_cost")).as_py() or 0.0),
         actual_cost=float(pc.sum(table.column("cost")).as_py() or 0.0),
-        currency=", ".join(sorted(currencies)) or "?",
+        currency=data.currency,
         cost_bases=bases,
+        failures=groups,
+        failure_lines=analysis.failure_lines(out_dir, groups, failed),
+        prices=prices or load_prices().describe(),
+        header=header_lines(data),
+        calibrated=data.estimate if data.estimate and data.estimate.get("calibrated_from") else None,
     )
 
 
+def header_lines(data: analysis.RunData) -> list[str]:
+    """How the run went, from summary.json; a run without one (an old or interrupted run) says so."""
+    s = data.summary
+    if not s:
+        return ["no summary.json: the run did not finish writing it (interrupted, or an older version)"]
+    start, end = analysis.run_window(data)
+    when = f"{start:%Y-%m-%d %H:%M:%S} - {end:%H:%M:%S} UTC" if start is not None and end is not None else "unknown"
+    limits = s.get("limits") or {}
+    rpm, tpm = limits.get("rpm"), limits.get("tpm")
+    return [
+        f"exit {analysis.exit_text(s)}",
+        f"ran {when}, {float(s.get('duration_seconds') or 0.0):,.1f} s" + (" (simulated)" if s.get("simulate") else ""),
+        f"model {s.get('model') or 'unknown'}; region {s.get('region') or 'unknown'};"
+        f" concurrency {s.get('concurrency') or 'unknown'};"
+        f" limits {rpm or 'none'} RPM, {tpm or 'none'} TPM ({limits.get('source') or 'unknown source'})",
+    ]
+
+
 def format_report(report: RunReport) -> str:
-    status = ", ".join(f"{k} {v}" for k, v in sorted(report.status_counts.items()))
+    status = ", ".join(f"{k} {v}" for k, v in report.status_counts.items())
     rows = [
+        *report.header,
         f"{report.items} items: {status}",
         "",
         f"{'tokens (ok items)':<18}{'estimated':>12}{'reported':>12}{'error':>9}",
@@ -91,6 +133,26 @@ def format_report(report: RunReport) -> str:
             if report.actual_cost
             else ""
         ),
-        "actual cost basis: " + ", ".join(f"{k} {v}" for k, v in sorted(report.cost_bases.items())),
+        "actual cost basis: " + (", ".join(f"{k} {v}" for k, v in sorted(report.cost_bases.items())) or "none"),
+        f"prices: {report.prices}",
     ]
+    if report.calibrated is not None:
+        rows.append(calibrated_line(report.calibrated, report.actual_cost, report.currency))
+    if report.failure_lines:
+        rows += ["", *report.failure_lines]
     return "\n".join(rows)
+
+
+def calibrated_line(estimate: dict[str, Any], actual: float, currency: str) -> str:
+    """The calibrated estimate made in OUT before the run, against what the run cost."""
+    central = estimate.get("estimated_cost")
+    sources = ", ".join(estimate.get("calibrated_from") or [])
+    if central is None:
+        return f"calibrated estimate (from {sources}): unknown (some model has no known price)"
+    spread = estimate.get("cost_range")
+    within = ""
+    if spread:
+        inside = "inside" if spread[0] <= actual <= spread[1] else "outside"
+        within = f", p10-p90 {spread[0]:.4f} - {spread[1]:.4f} ({inside})"
+    error = f"; error {(central - actual) / actual:+.1%}" if actual else ""
+    return f"calibrated estimate (from {sources}): {central:.4f} {currency}{within}{error}"

@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -469,15 +469,21 @@ class EventLog:
 
 
 class Progress:
-    """A tqdm bar on a terminal; plain periodic log lines otherwise (cron, CI, pipes)."""
+    """A tqdm bar on a terminal; plain log lines every ``interval`` seconds otherwise (cron, CI, pipes).
 
-    def __init__(self, total: int, *, bar: bool, interval: float = 10.0):
+    Both show the spend with its currency and the ETA: the items left at the pace so far, never faster
+    than the RPM limit allows (one session an item).
+    """
+
+    def __init__(self, total: int, *, bar: bool, interval: float = 30.0, currency: str = "", rpm: int | None = None):
         self.total = total
         self.done = self.failed = self.skipped = 0
         self.tokens = 0
         self.cost = 0.0
+        self.currency = currency
+        self.rpm = rpm  # set once the run knows its limits
         self._interval = interval
-        self._last = time.monotonic()
+        self._started = self._last = time.monotonic()
         self._bar: Any = None
         if bar:
             from tqdm import tqdm
@@ -499,19 +505,51 @@ class Progress:
                 failed=self.failed,
                 skipped=self.skipped,
                 tokens=self.tokens,
-                cost=f"{self.cost:.4f}",
+                cost=self.spend(),
+                eta=self.eta_text(),
                 refresh=False,
             )
             self._bar.update(1)
-        elif time.monotonic() - self._last >= self._interval:
+        else:
+            self.tick()
+
+    def tick(self) -> None:
+        """Without a bar: a log line when ``interval`` seconds have passed since the last (the run calls
+        this while it waits, so a line comes even when no item finishes)."""
+        if self._bar is None and time.monotonic() - self._last >= self._interval:
             self._last = time.monotonic()
             log.info("progress: %s", self.line())
 
+    def spend(self) -> str:
+        return f"{self.cost:.4f} {self.currency}".strip()
+
+    def eta_seconds(self) -> float | None:
+        """Seconds until every item is finished: the pace so far, capped by the RPM limit; None before
+        any item ran (nothing to go by but the limit)."""
+        left = self.total - self.done - self.failed - self.skipped
+        if left <= 0:
+            return 0.0
+        ran = self.done + self.failed
+        elapsed = time.monotonic() - self._started
+        rate = ran / elapsed if ran and elapsed > 0 else None  # items a second
+        if self.rpm:
+            rate = min(rate, self.rpm / 60.0) if rate is not None else self.rpm / 60.0
+        return None if not rate else left / rate
+
+    def eta_text(self) -> str:
+        eta = self.eta_seconds()
+        if eta is None:
+            return "unknown"
+        minutes, seconds = divmod(round(eta), 60)
+        hours, minutes = divmod(minutes, 60)
+        return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
     def line(self) -> str:
         finished = self.done + self.failed + self.skipped
+        limit = f" at most {self.rpm} RPM" if self.rpm else ""
         return (
             f"{finished}/{self.total} items (ok {self.done}, failed {self.failed}, skipped {self.skipped});"
-            f" tokens {self.tokens}; cost {self.cost:.4f}"
+            f" tokens {self.tokens}; cost {self.spend()}; ETA {self.eta_text()}{limit}"
         )
 
     def close(self) -> None:
@@ -684,7 +722,7 @@ async def _run_locked(
     secrets = [config.api_key] if config.api_key else []
     total = checked.rows if config.limit is None else min(checked.rows, config.limit)
     show_bar = config.progress if config.progress is not None else (sys.stderr.isatty() and not config.quiet)
-    progress = Progress(total, bar=show_bar)
+    progress = Progress(total, bar=show_bar, currency=prices.currency)
     counters = {"skipped": 0, "changed": 0, "ran": 0}
     stop_reason: list[str] = []  # first reason wins: "fatal: ...", "budget: ...", "signal: SIGINT"
     environment_failed: list[str] = []  # set when the stop was the environment's: an outage, a full disk
@@ -805,6 +843,7 @@ async def _run_locked(
             window=window,
             timeout=min(config.connect_timeout, quotas.DEFAULT_TIMEOUT),
         )
+        progress.rpm = limits.rpm
         limiter = Limiter(
             concurrency=config.concurrency,
             rpm=limits.rpm,
@@ -953,6 +992,7 @@ async def _run_locked(
             all_done = asyncio.gather(*workers)
             while not all_done.done():
                 await asyncio.wait([all_done], timeout=0.5)
+                progress.tick()
                 if stopping.is_set() and exit_signal and in_flight:
                     await asyncio.wait([all_done], timeout=config.grace_seconds)
                     for task in in_flight:
@@ -1007,6 +1047,7 @@ async def _run_locked(
         exit_code = EXIT_OK
     summary.update(
         manifest=str(config.manifest),
+        manifest_path=str(Path(config.manifest).resolve()),  # the report finds the input images from anywhere
         out=str(out),
         model=config.model,
         simulate=config.simulate,
@@ -1017,11 +1058,18 @@ async def _run_locked(
         sessions_started=limiter.sessions_started,
         throttle_cooldowns=limiter.cooldowns,
         duration_seconds=round(time.monotonic() - started, 3),
+        started_at=(_now() - timedelta(seconds=time.monotonic() - started)).isoformat(timespec="milliseconds"),
+        finished_at=_now().isoformat(timespec="milliseconds"),
+        region=config.resolved_region,
+        concurrency=config.concurrency,
+        max_cost=config.max_cost,
+        max_attempts=config.max_attempts,
         exit_code=exit_code,
         exit_reason=reason,
         output_assumption=output.describe(),
         prices_source=prices.source,
         prices_as_of=prices.as_of,
+        prices_source_url=prices.source_url,
         limits=limits.as_dict(),
         outages=breaker_summary,
         run_events=RUN_EVENTS_NAME,
@@ -1032,4 +1080,29 @@ async def _run_locked(
         results.write_summary(out, summary)
     except OSError as exc:  # the disk that stopped the run may not take the summary either: stderr has it
         log.error("cannot write %s: %s; the run ended with: %s", out / "summary.json", exc, reason)
+    if results_path is not None:
+        await asyncio.to_thread(_end_of_run_reports, out, html=config.html_report)
     return RunOutcome(exit_code, reason, summary, results_path)
+
+
+def _end_of_run_reports(out: Path, *, html: bool) -> None:
+    """The failed items by error type in the log, and ``OUT/report.html``: best effort, for people; a
+    report that cannot be made never changes the run's outcome."""
+    from batchqwen.reporting import analysis
+
+    try:
+        frame = analysis.load(out, columns=["id", "row", "status", "error_type", "error_code", "error_message"]).frame
+        groups = analysis.failure_groups(frame)
+        for line in analysis.failure_lines(out, groups, sum(g.count for g in groups)):
+            log.warning("%s", line)
+    except Exception as exc:
+        log.warning("cannot list the failed items: %s", exc)
+    if not html:
+        return
+    try:
+        from batchqwen.reporting.html import write_html_report
+
+        path = write_html_report(out)
+        log.info("report: %s", path)
+    except Exception as exc:
+        log.warning("cannot write the HTML report: %s: %s", type(exc).__name__, exc)

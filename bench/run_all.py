@@ -137,10 +137,14 @@ def main() -> None:
     estimate_args = [str(HERE / "bench_estimate.py"), "--rows", "1000" if q else "10000"] + ([] if q else ["--million"])
     estimated = subprocess.run([sys.executable, *estimate_args], capture_output=True, text=True, check=True, cwd=ROOT)
     section("8. batchqwen estimate on distinct files, before and now (bench/bench_estimate.py)", estimated.stdout)
-    print("9. a 70-minute recording ...", file=sys.stderr, flush=True)
+    print("9. the HTML report ...", file=sys.stderr, flush=True)
+    report_args = [str(HERE / "bench_report.py"), "--items", "10000" if q else "100000"]
+    reported = subprocess.run([sys.executable, *report_args], capture_output=True, text=True, check=True, cwd=ROOT)
+    section("9. The HTML report at scale (bench/bench_report.py)", reported.stdout)
+    print("10. a 70-minute recording ...", file=sys.stderr, flush=True)
     long_args = [str(HERE / "bench_long.py"), "--formats", "wav" if q else "wav,flac", *([] if q else ["--before"])]
     longer = subprocess.run([sys.executable, *long_args], capture_output=True, text=True, check=True, cwd=ROOT)
-    section("9. A 70-minute recording, split at pauses and run (bench/bench_long.py)", f"```\n{longer.stdout}```")
+    section("10. A 70-minute recording, split at pauses and run (bench/bench_long.py)", f"```\n{longer.stdout}```")
 
     info = machine()
     command = ".venv/bin/python bench/run_all.py" + (" --quick" if q else "")

@@ -1,14 +1,15 @@
 """What the simulator answers: a deterministic description of the input since the previous response
-("I heard 3.2 s of audio (...)"), or a function call when a declared tool is named. Plainly not a model."""
+("I heard 3.2 s of audio (...)"), with what earlier turns brought; function calls are planned by
+:mod:`batchqwen.sim.tools`. Plainly not a model."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from batchqwen.sim.analysis import INPUT_BYTES_PER_MS, ImageInfo, clip, fingerprint, loudest_dbfs, speech_segments
+from batchqwen.sim.lengths import lengthen
 
 
 @dataclass
@@ -27,28 +28,36 @@ class UserItem:
 class Answer:
     text: str
     fingerprint: str
-    call: tuple[str, str] | None = None  # (tool name, arguments JSON) when the answer is a function call
+    calls: tuple[tuple[str, str], ...] = ()  # (tool name, arguments JSON) of each call, when the answer calls
 
 
-def describe(
-    pending: Sequence[UserItem], instructions: str, threshold_dbfs: float, tools: Sequence[dict[str, Any]] | None
-) -> Answer:
-    """The answer to the items since the last response; ``tools`` only where the model calls them."""
+def input_key(pending: Sequence[UserItem], instructions: str) -> str:
+    """The fingerprint of what a response answers (its audio, images, instructions and texts), as
+    :func:`describe` computes it; for the responses that call tools instead."""
+    pcm = b"".join(i.pcm for i in pending if i.kind == "audio")
+    texts = [i.text for i in pending if i.kind != "audio"]
+    return fingerprint(pcm, (img.digest for i in pending for img in i.images), instructions, texts)
+
+
+def describe(pending: Sequence[UserItem], instructions: str, threshold_dbfs: float, memory: str = "") -> Answer:
+    """The answer to the items since the last response; ``memory``: the :func:`recall` of earlier turns."""
     pcm = b"".join(i.pcm for i in pending if i.kind == "audio")
     images = [img for i in pending for img in i.images]
     texts = [i.text for i in pending if i.kind != "audio"]
     key = fingerprint(pcm, (img.digest for img in images), instructions, texts)
-    call = function_call(pending, instructions, tools) if tools is not None else None
-    if call is not None:
-        return Answer(text="", fingerprint=key, call=call)
     sentences = [f"{heard(pcm, threshold_dbfs)} and {saw(images)}."]
+    if memory:
+        sentences.append(memory)
     for item in pending:
         if item.kind == "text":
             sentences.append(f"You wrote: '{clip(item.text)}'.")
         elif item.kind == "tool_output":
             sentences.append(f"Tool {item.call_name} returned: '{clip(item.text)}'.")
     sentences.append(f"Instructions: '{clip(instructions)}'." if instructions else "No instructions.")
-    return Answer(text=" ".join(sentences), fingerprint=key)
+    seconds, prompt = len(pcm) / (INPUT_BYTES_PER_MS * 1000), " ".join([instructions, *texts])
+    return Answer(
+        text=lengthen(" ".join(sentences), input_seconds=seconds, prompt=prompt, fingerprint=key), fingerprint=key
+    )
 
 
 #: names for the answer's wording; an unlisted code is named by itself
@@ -69,7 +78,11 @@ def translate(pending: Sequence[UserItem], session: dict[str, Any], threshold_db
     origin = f" from {LANGUAGE_NAMES.get(source, source)}" if source else ""
     into = f"Translation into {LANGUAGE_NAMES.get(target, target)}{origin}"
     text = f"{into}: {heard(pcm, threshold_dbfs)} and {saw(images)}."
-    return Answer(text=text, fingerprint=fingerprint(pcm, (img.digest for img in images), None, ()))
+    key = fingerprint(pcm, (img.digest for img in images), None, ())
+    seconds = len(pcm) / (INPUT_BYTES_PER_MS * 1000)
+    return Answer(
+        text=lengthen(text, input_seconds=seconds, prompt="", fingerprint=key, translation=True), fingerprint=key
+    )
 
 
 def heard(pcm: bytes, threshold_dbfs: float) -> str:
@@ -95,29 +108,22 @@ def transcript(pcm: bytes, threshold_dbfs: float) -> str:
     return " ".join(f"[speech {s / 1000:.1f}–{e / 1000:.1f} s]" for s, e in segments)
 
 
-def function_call(
-    pending: Sequence[UserItem], instructions: str, tools: Sequence[dict[str, Any]]
-) -> tuple[str, str] | None:
-    """A call when a declared function's name appears in the instructions or a new input text."""
-    if any(i.kind == "tool_output" for i in pending):
-        return None
-    prompt = " ".join([instructions, *(i.text for i in pending if i.kind == "text")])
-    for tool in tools:
-        function: dict[str, Any] = tool["function"] if isinstance(tool.get("function"), dict) else tool
-        name = function.get("name")
-        if isinstance(name, str) and name and name in prompt:
-            props = (function.get("parameters") or {}).get("properties") or {}
-            args = {key: _example_value(spec, prompt) for key, spec in props.items()}
-            return name, json.dumps(args, ensure_ascii=False, sort_keys=True)
-    return None
+def summarize(items: Sequence[UserItem]) -> str:
+    """What one user turn brought, as the session remembers it: ``2.0 s of audio, 1 image, you wrote '...'``."""
+    seconds = sum(len(i.pcm) for i in items if i.kind == "audio") / (INPUT_BYTES_PER_MS * 1000)
+    images = sum(len(i.images) for i in items)
+    parts = [f"{seconds:.1f} s of audio"] if any(i.kind == "audio" for i in items) else []
+    if images:
+        parts.append(f"{images} image{'' if images == 1 else 's'}")
+    parts += [f"you wrote '{clip(i.text, 40)}'" for i in items if i.kind == "text"]
+    return ", ".join(parts) or "nothing"
 
 
-def _example_value(spec: Any, prompt: str) -> Any:
-    kind = spec.get("type") if isinstance(spec, dict) else None
-    if kind == "string":
-        return clip(prompt, 40)
-    if kind in ("integer", "number"):
-        return len(prompt)
-    if kind == "boolean":
-        return True
-    return None
+def recall(turns: Sequence[tuple[int, str]], limit: int = 8) -> str:
+    """The memory sentence of an answer: the earlier turns still in the session's context, by number
+    (the last ``limit`` of them); empty when there are none."""
+    if not turns:
+        return ""
+    shown = "; ".join(f"turn {number}: {summary}" for number, summary in turns[-limit:])
+    more = f" (and {len(turns) - limit} before)" if len(turns) > limit else ""
+    return f"Earlier in this session{more}: {shown}."

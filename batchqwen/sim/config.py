@@ -5,13 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-FAULT_KINDS: tuple[str, ...] = ("disconnect", "server_error", "hang", "malformed", "throttle")
+#: faults that make every function call's arguments violate the tool's JSON Schema (batchqwen.sim.tools)
+ARGUMENT_FAULTS: tuple[str, ...] = ("bad_argument_type", "missing_argument")
+FAULT_KINDS: tuple[str, ...] = ("disconnect", "server_error", "hang", "malformed", "throttle", *ARGUMENT_FAULTS)
 
 ThrottleMode = Literal["handshake", "error"]
 #: refuse: nothing listens on the port (a client's connect fails with ECONNREFUSED); 503: the gateway
 #: answers every handshake (and the quota endpoint) with HTTP 503 Service Unavailable
 OutageMode = Literal["refuse", "503"]
 OUTAGE_MODES: tuple[str, ...] = ("refuse", "503")
+#: error: tools declared on a model without function calling are refused at session.update (invalid_value,
+#: param session.tools); ignore: accepted and never called, as the service was reported to do
+UnsupportedTools = Literal["error", "ignore"]
 
 
 @dataclass(frozen=True)
@@ -45,12 +50,24 @@ class SimulatorConfig:
     outage_mode: OutageMode | None = None  # None: no scheduled outage
     outage_start_seconds: float = 0.0
     outage_seconds: float = 0.0
+    # function calls (batchqwen.sim.tools): how many times a turn calls each tool it names, all the named
+    # tools in one response or one per response, and a fault applied to every call's arguments
+    tool_rounds: int = 1
+    parallel_tool_calls: bool = True
+    argument_fault: str | None = None  # one of ARGUMENT_FAULTS
+    unsupported_tools: UnsupportedTools = "error"
 
     def __post_init__(self) -> None:
         if self.outage_mode is not None and self.outage_mode not in OUTAGE_MODES:
             raise ValueError(f"outage_mode must be one of {', '.join(OUTAGE_MODES)}, not {self.outage_mode!r}")
         if self.outage_start_seconds < 0 or self.outage_seconds < 0:
             raise ValueError("outage_start_seconds and outage_seconds must not be negative")
+        if self.tool_rounds < 0:
+            raise ValueError("tool_rounds must not be negative")
+        if self.argument_fault is not None and self.argument_fault not in ARGUMENT_FAULTS:
+            raise ValueError(f"argument_fault must be one of {', '.join(ARGUMENT_FAULTS)}, not {self.argument_fault!r}")
+        if self.unsupported_tools not in ("error", "ignore"):
+            raise ValueError(f"unsupported_tools must be 'error' or 'ignore', not {self.unsupported_tools!r}")
 
     def fault_rates(self) -> dict[str, float]:
         return {

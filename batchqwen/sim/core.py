@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass
 from typing import Any
 
 from batchqwen.errors import ProtocolError, UsageError
@@ -49,11 +50,12 @@ from batchqwen.sim.analysis import (
     synthesize,
     vad_threshold_dbfs,
 )
-from batchqwen.sim.answers import UserItem, describe, transcript, translate
+from batchqwen.sim.answers import Answer, UserItem, describe, input_key, recall, summarize, transcript, translate
 from batchqwen.sim.config import FAULT_KINDS, SimulatorConfig, ThrottleMode
 from batchqwen.sim.families import SimFamily, sim_family
 from batchqwen.sim.responses import new_id
 from batchqwen.sim.settings import DEFAULT_TURN_DETECTION, Rejected, apply_update, default_session
+from batchqwen.sim.tools import ToolPolicy, ToolTurn, call_prompt
 from batchqwen.sim.vad import SpeechDetector
 from batchqwen.tokens import count_text_tokens
 
@@ -68,7 +70,8 @@ class ServerSession:
     :meth:`receive_frame` (a raw text frame, malformed JSON answered with an error);
     :attr:`should_close` (True once the service would close: after ``session.finished`` or a fatal
     error); :attr:`fingerprints` (response id -> :func:`input_fingerprint` of what it answered);
-    :attr:`usages` (response id -> :class:`~batchqwen.realtime.events.Usage`); :meth:`cancelled_done`.
+    :attr:`usages` (response id -> :class:`~batchqwen.realtime.events.Usage`, in response order);
+    :attr:`argument_faults` (response id -> the argument fault its calls carry); :meth:`cancelled_done`.
     """
 
     def __init__(self, model: str, *, config: SimulatorConfig | None = None, session_id: str | None = None):
@@ -101,6 +104,16 @@ class ServerSession:
         self._history: list[UserItem] = []  # billed context
         self._pending: list[UserItem] = []  # items the next response answers
         self._calls: dict[str, str] = {}  # call_id -> tool name, of function calls made
+        self._outputs: list[_Output] = []  # earlier responses' output, billed again as input text
+        self._turns: list[_Turn] = []  # earlier user turns, for the answers' memory
+        self._turn: _Turn | None = None  # the turn being answered (its tool rounds may still go on)
+        self._tool_turn: ToolTurn | None = None
+        self.tool_policy = ToolPolicy(
+            rounds=self.config.tool_rounds,
+            parallel=self.config.parallel_tool_calls,
+            argument_fault=self.config.argument_fault,
+        )
+        self.argument_faults: dict[str, str] = {}
 
     # ------------------------------------------------------------------ public API
 
@@ -134,7 +147,9 @@ class ServerSession:
             return [_error(exc.message, code=exc.code, param=exc.param)]
 
     def cancelled_done(self, response_id: str) -> ev.ResponseDone:
-        """The ``response.done`` of a response the client cancelled mid-stream (input billed, no output)."""
+        """The ``response.done`` of a response the client cancelled mid-stream (input billed, no output);
+        its output leaves the conversation (later responses do not bill it)."""
+        self._outputs = [o for o in self._outputs if o.response_id != response_id]
         return responses.cancelled_done(response_id, self.usages.get(response_id, ev.Usage()))
 
     # ------------------------------------------------------------------ dispatch
@@ -205,6 +220,7 @@ class ServerSession:
                 self.session,
                 canonical,
                 transcription_model=self.family.row.transcription_model,
+                refuse_tools=self.config.unsupported_tools == "error",
             )
         except Rejected as exc:  # name the canonical field as this family spells it
             exc.param = self.family.params.get(exc.param or "", exc.param)
@@ -316,7 +332,9 @@ class ServerSession:
         self._pending.append(item)
         audio_items = [i for i in self._history if i.kind == "audio"]
         if len(audio_items) > self.family.history_turns:
+            # the oldest audio turn leaves the context, with the answers it got
             self._history.remove(audio_items[0])
+            self._outputs = [o for o in self._outputs if o.turn_key != audio_items[0].id]
 
     def _threshold_dbfs(self) -> float:
         detection = self.session["turn_detection"] or DEFAULT_TURN_DETECTION
@@ -403,9 +421,10 @@ class ServerSession:
     # ------------------------------------------------------------------ responses
 
     def _usage_input(self, instructions: str) -> tuple[int, int, int]:
-        """(text, audio, image) input tokens of the whole billed context."""
+        """(text, audio, image) input tokens of the whole billed context: the instructions, every user item
+        still in the history and the text of the answers and calls given to them."""
         assert self.model is not None
-        text = count_text_tokens(instructions)
+        text = count_text_tokens(instructions) + sum(o.text_tokens for o in self._outputs)
         audio = image = 0
         for item in self._history:
             text += count_text_tokens(item.text)
@@ -430,15 +449,19 @@ class ServerSession:
                 param="input",
             )
         pending, self._pending = self._pending, []
+        if not pending or any(i.kind != "tool_output" for i in pending):
+            self._open_turn(pending, instructions)
+        calls = self._tool_turn.next_calls() if self._tool_turn is not None else []
         if self.family.row.translation:
             answer = translate(pending, self.session, self._threshold_dbfs())
+        elif calls:
+            answer = Answer(
+                text="", fingerprint=input_key(pending, instructions), calls=tuple((c.name, c.arguments) for c in calls)
+            )
         else:
-            tools = (self.session.get("tools") or []) if self.model.tools else None
-            answer = describe(pending, instructions, self._threshold_dbfs(), tools)
-        call_id = None
-        if answer.call is not None:
-            call_id = new_id("call_")
-            self._calls[call_id] = answer.call[0]
+            answer = describe(pending, instructions, self._threshold_dbfs(), memory=recall(self._remembered()))
+        call_ids = [new_id("call_") for _ in calls]
+        self._calls.update(zip(call_ids, (c.name for c in calls), strict=True))
         response_id, events, usage = responses.build_response(
             answer,
             model=self.model,
@@ -447,11 +470,56 @@ class ServerSession:
             voice=str(self.session["voice"]),
             output_audio_format=str(self.session["output_audio_format"]),
             input_tokens=(text_in, audio_in, image_in),
-            call_id=call_id,
+            call_ids=call_ids,
         )
         self.fingerprints[response_id] = answer.fingerprint
         self.usages[response_id] = usage
+        faults = {c.fault for c in calls if c.fault is not None}
+        if faults:
+            self.argument_faults[response_id] = faults.pop()
+        turn_key = self._turn.key if self._turn is not None else ""
+        self._outputs.append(_Output(response_id, turn_key, usage.output_text_tokens or 0))
         return events
+
+    def _open_turn(self, pending: list[UserItem], instructions: str) -> None:
+        """A response to new user input (or to nothing) begins a turn; one after tool outputs goes on with it."""
+        assert self.model is not None
+        if self._turn is not None:
+            self._turns.append(self._turn)
+        user = [i for i in pending if i.kind != "tool_output"]
+        audio = next((i.id for i in user if i.kind == "audio"), "")
+        number = self._turn.number + 1 if self._turn is not None else 1
+        self._turn = _Turn(number, frozenset(i.id for i in user), summarize(user), audio)
+        tools = self.session.get("tools") or []
+        if self.model.tools and tools and not self.family.row.translation:
+            prompt = call_prompt(instructions, [i.text for i in user if i.kind == "text"])
+            self._tool_turn = ToolTurn.start(prompt, tools, self.tool_policy)
+        else:
+            self._tool_turn = None
+
+    def _remembered(self) -> list[tuple[int, str]]:
+        """(number, summary) of the earlier turns whose input is still in the billed history."""
+        held = {i.id for i in self._history}
+        return [(t.number, t.summary) for t in self._turns if t.item_ids & held]
+
+
+@dataclass(slots=True)
+class _Output:
+    """One response's output as the conversation keeps it: its text tokens, billed again as input."""
+
+    response_id: str
+    turn_key: str  # the id of its turn's first audio item ("" for a typed turn): it leaves the context with it
+    text_tokens: int
+
+
+@dataclass(slots=True)
+class _Turn:
+    """One user turn: its number in the session, its items, what it brought, its first audio item's id."""
+
+    number: int
+    item_ids: frozenset[str]
+    summary: str
+    key: str
 
 
 def _error(message: str, *, code: str, param: str | None = None, type_: str = "invalid_request_error") -> ev.Error:

@@ -3,13 +3,15 @@
 Audio mode: ``response.created``, ``output_item.added``, ``content_part.added``, transcript deltas (4 words
 each) interleaved with ~100 ms ``response.audio.delta``s, ``audio_transcript.done``, ``audio.done``,
 ``content_part.done``, ``output_item.done``, ``response.done``. Text mode: ``response.text.*``, no audio.
-A function call: ``output_item.added``, ``function_call_arguments.delta`` / ``.done``, ``output_item.done``.
+A function call: per call (one output item each, ``output_index`` 0, 1, ...) ``output_item.added``,
+``function_call_arguments.delta`` events, ``.done``, ``output_item.done``.
 """
 
 from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from batchqwen.models import ModelInfo, audio_tokens
@@ -18,6 +20,8 @@ from batchqwen.sim.analysis import OUTPUT_RATE, synthesize
 from batchqwen.sim.answers import Answer
 from batchqwen.sim.config import SimulatorConfig
 from batchqwen.tokens import count_text_tokens
+
+ARGUMENT_DELTA_CHARS = 32  # arguments stream in pieces, as the service's deltas do
 
 
 def new_id(prefix: str) -> str:
@@ -33,54 +37,25 @@ def build_response(
     voice: str,
     output_audio_format: str,
     input_tokens: tuple[int, int, int],
-    call_id: str | None = None,
+    call_ids: Sequence[str] = (),
 ) -> tuple[str, list[ev.Event], ev.Usage]:
-    """(response id, its events, its usage) for ``answer``; ``input_tokens`` is (text, audio, image)."""
-    response_id, item_id = new_id("resp_"), new_id("item_")
-    part: dict[str, Any] | None
-    if answer.call is not None:
-        assert call_id is not None
-        name, arguments = answer.call
-        out_text, out_audio = count_text_tokens(arguments), 0
-        output_item: dict[str, Any] = {
-            "id": item_id,
-            "object": "realtime.item",
-            "type": "function_call",
-            "status": "completed",
-            "call_id": call_id,
-            "name": name,
-            "arguments": arguments,
-        }
-        body: list[ev.Event] = [
-            ev.ResponseFunctionCallArgumentsDelta(
-                response_id=response_id, item_id=item_id, call_id=call_id, delta=arguments, event_id=ev.new_event_id()
-            ),
-            ev.ResponseFunctionCallArgumentsDone(
-                response_id=response_id,
-                item_id=item_id,
-                call_id=call_id,
-                name=name,
-                arguments=arguments,
-                event_id=ev.new_event_id(),
-            ),
-        ]
-        added_item = {**output_item, "status": "in_progress", "arguments": ""}
-        part = None
+    """(response id, its events, its usage) for ``answer``; ``input_tokens`` is (text, audio, image).
+
+    An answer with calls gets one ``function_call`` output item per call (``call_ids``, in order).
+    """
+    response_id = new_id("resp_")
+    items: list[tuple[dict[str, Any], list[ev.Event]]] = []  # (output item, its events from added to done)
+    if answer.calls:
+        assert len(call_ids) == len(answer.calls)
+        out_text = sum(count_text_tokens(arguments) for _, arguments in answer.calls)
+        out_audio = 0
+        for index, ((name, arguments), call_id) in enumerate(zip(answer.calls, call_ids, strict=True)):
+            items.append(function_call_item(response_id, index, call_id, name, arguments))
     else:
         pcm = synthesize(answer.text, config.word_ms) if audio_mode else b""
         out_text = count_text_tokens(answer.text)
         out_audio = audio_tokens(model, len(pcm) / (OUTPUT_RATE * 2)) if audio_mode else 0
-        part = {"type": "audio", "transcript": answer.text} if audio_mode else {"type": "text", "text": answer.text}
-        output_item = {
-            "id": item_id,
-            "object": "realtime.item",
-            "type": "message",
-            "status": "completed",
-            "role": "assistant",
-            "content": [part],
-        }
-        added_item = {**output_item, "status": "in_progress", "content": []}
-        body = content_events(response_id, item_id, answer.text, pcm, audio_mode, config.audio_delta_ms)
+        items.append(message_item(response_id, answer.text, pcm, audio_mode, config.audio_delta_ms))
 
     text_in, audio_in, image_in = input_tokens
     usage = ev.Usage(
@@ -104,34 +79,99 @@ def build_response(
         "output": [],
         "usage": None,
     }
-    events: list[ev.Event] = [
-        ev.ResponseCreated(response=response, event_id=ev.new_event_id()),
-        ev.ResponseOutputItemAdded(
-            response_id=response_id, output_index=0, item=added_item, event_id=ev.new_event_id()
-        ),
-    ]
-    if part is not None:
-        empty = {**part, "transcript": ""} if audio_mode else {**part, "text": ""}
-        events.append(
-            ev.ResponseContentPartAdded(
-                response_id=response_id, item_id=item_id, part=empty, event_id=ev.new_event_id()
-            )
-        )
-    events += body
-    if part is not None:
-        events.append(
-            ev.ResponseContentPartDone(response_id=response_id, item_id=item_id, part=part, event_id=ev.new_event_id())
-        )
-    events += [
-        ev.ResponseOutputItemDone(
-            response_id=response_id, output_index=0, item=output_item, event_id=ev.new_event_id()
-        ),
+    events: list[ev.Event] = [ev.ResponseCreated(response=response, event_id=ev.new_event_id())]
+    for _, item_events in items:
+        events += item_events
+    events.append(
         ev.ResponseDone(
-            response={**response, "status": "completed", "output": [output_item], "usage": usage.to_json()},
+            response={
+                **response,
+                "status": "completed",
+                "output": [item for item, _ in items],
+                "usage": usage.to_json(),
+            },
+            event_id=ev.new_event_id(),
+        )
+    )
+    return response_id, events, usage
+
+
+def function_call_item(
+    response_id: str, index: int, call_id: str, name: str, arguments: str
+) -> tuple[dict[str, Any], list[ev.Event]]:
+    """A ``function_call`` output item and its events: added, the arguments in deltas of up to 32
+    characters, ``function_call_arguments.done``, done."""
+    item_id = new_id("item_")
+    item: dict[str, Any] = {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "function_call",
+        "status": "completed",
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+    }
+    pieces = [arguments[i : i + ARGUMENT_DELTA_CHARS] for i in range(0, len(arguments), ARGUMENT_DELTA_CHARS)]
+    events: list[ev.Event] = [
+        ev.ResponseOutputItemAdded(
+            response_id=response_id,
+            output_index=index,
+            item={**item, "status": "in_progress", "arguments": ""},
             event_id=ev.new_event_id(),
         ),
+        *(
+            ev.ResponseFunctionCallArgumentsDelta(
+                response_id=response_id,
+                item_id=item_id,
+                output_index=index,
+                call_id=call_id,
+                delta=piece,
+                event_id=ev.new_event_id(),
+            )
+            for piece in pieces
+        ),
+        ev.ResponseFunctionCallArgumentsDone(
+            response_id=response_id,
+            item_id=item_id,
+            output_index=index,
+            call_id=call_id,
+            name=name,
+            arguments=arguments,
+            event_id=ev.new_event_id(),
+        ),
+        ev.ResponseOutputItemDone(response_id=response_id, output_index=index, item=item, event_id=ev.new_event_id()),
     ]
-    return response_id, events, usage
+    return item, events
+
+
+def message_item(
+    response_id: str, text: str, pcm: bytes, audio_mode: bool, audio_delta_ms: int
+) -> tuple[dict[str, Any], list[ev.Event]]:
+    """The assistant ``message`` output item (index 0) and its events, content part and deltas included."""
+    item_id = new_id("item_")
+    part = {"type": "audio", "transcript": text} if audio_mode else {"type": "text", "text": text}
+    item: dict[str, Any] = {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "message",
+        "status": "completed",
+        "role": "assistant",
+        "content": [part],
+    }
+    empty = {**part, "transcript": ""} if audio_mode else {**part, "text": ""}
+    events: list[ev.Event] = [
+        ev.ResponseOutputItemAdded(
+            response_id=response_id,
+            output_index=0,
+            item={**item, "status": "in_progress", "content": []},
+            event_id=ev.new_event_id(),
+        ),
+        ev.ResponseContentPartAdded(response_id=response_id, item_id=item_id, part=empty, event_id=ev.new_event_id()),
+        *content_events(response_id, item_id, text, pcm, audio_mode, audio_delta_ms),
+        ev.ResponseContentPartDone(response_id=response_id, item_id=item_id, part=part, event_id=ev.new_event_id()),
+        ev.ResponseOutputItemDone(response_id=response_id, output_index=0, item=item, event_id=ev.new_event_id()),
+    ]
+    return item, events
 
 
 def content_events(

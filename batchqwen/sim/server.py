@@ -19,7 +19,9 @@ Entry points::
 
 Faults per connection: ``&sim_fault=disconnect|server_error|hang|malformed|throttle`` in the URL, or an
 API key starting with ``fault-KIND-`` (e.g. ``fault-hang-1``). Response faults (all but throttle) hit
-the connection's first response, midway through its events.
+the connection's first response, midway through its events. The argument faults
+(``bad_argument_type``, ``missing_argument``) make every function call of the connection violate its
+tool's schema. Tool calls per connection: ``&sim_tool_rounds=N``, ``&sim_parallel_calls=0|1``.
 
 Outages, for a stated window (``SimulatorConfig.outage_*``, seconds after start, or ``start_outage(N)``
 at any time): ``refuse`` closes the listening socket for the window and listens again on the same port
@@ -40,7 +42,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -53,7 +55,7 @@ from websockets.http11 import Request, Response
 
 from batchqwen.errors import ProtocolError
 from batchqwen.realtime import events as ev
-from batchqwen.sim.config import OUTAGE_MODES, OutageMode
+from batchqwen.sim.config import ARGUMENT_FAULTS, OUTAGE_MODES, OutageMode
 from batchqwen.sim.core import FAULT_KINDS, ServerSession, SimulatorConfig
 from batchqwen.sim.quotas import QUOTA_PATH, quota_page
 
@@ -61,6 +63,7 @@ __all__ = [
     "FAULT_KINDS",
     "PATH",
     "QUOTA_PATH",
+    "BilledResponse",
     "Simulator",
     "SimulatorConfig",
     "SimulatorStats",
@@ -78,9 +81,20 @@ _DELTAS = (
 )
 
 
+@dataclass(frozen=True)
+class BilledResponse:
+    """One ``response.done`` as written to the socket: what the client was told that response cost."""
+
+    response_id: str
+    status: str  # completed | cancelled
+    usage: ev.Usage
+    function_calls: tuple[str, ...] = ()  # the tools it called, in output order
+
+
 @dataclass
 class SimulatorStats:
-    """Counters of one simulator. ``delivered`` maps an input fingerprint to completed responses sent."""
+    """Counters of one simulator. ``delivered`` maps an input fingerprint to completed responses sent;
+    ``billing`` maps a session id to its responses' :class:`BilledResponse`, in the order sent."""
 
     connections: int = 0
     handshakes_refused: dict[int, int] = field(default_factory=dict)  # HTTP status -> count
@@ -92,6 +106,7 @@ class SimulatorStats:
     quota_requests: int = 0  # GET /api/v1/quotas answered (any status but an outage's 503)
     outages: int = 0  # outage windows begun (scheduled or started by start_outage)
     outage_refusals: int = 0  # handshakes and quota requests answered 503 by a "503" outage
+    billing: dict[str, list[BilledResponse]] = field(default_factory=dict)  # session id -> responses
 
     def count_fault(self, kind: str) -> None:
         self.faults[kind] = self.faults.get(kind, 0) + 1
@@ -104,8 +119,9 @@ class SimulatorStats:
 @dataclass
 class _Admission:
     model: str
-    fault: str | None
+    fault: str | None  # a response fault (or throttle); argument faults are in ``config``
     throttle_code: str | None  # set when the session must be refused with an error event
+    config: SimulatorConfig  # the simulator's, with this connection's switches applied
 
 
 @dataclass
@@ -284,6 +300,12 @@ class Simulator:
         fault = query["sim_fault"][0] if query.get("sim_fault") else _key_fault(key)
         if fault is not None and fault not in FAULT_KINDS:
             return self._refuse(connection, 400, f"Unknown sim_fault {fault!r}; one of {', '.join(FAULT_KINDS)}")
+        try:
+            config = _connection_config(self.config, query, fault)
+        except ValueError as exc:
+            return self._refuse(connection, 400, str(exc))
+        if fault in ARGUMENT_FAULTS:
+            fault = None
 
         now = time.monotonic()
         throttle_code = None
@@ -298,7 +320,7 @@ class Simulator:
                 return self._refuse(connection, 429, f"{throttle_code}: Requests rate limit exceeded.")
         else:
             self._sessions.add(now, 1)
-        self._admissions[connection.id] = _Admission(model, fault, throttle_code)
+        self._admissions[connection.id] = _Admission(model, fault, throttle_code, config)
         return None
 
     def _quotas(self, connection: ServerConnection, request: Request, query: dict[str, list[str]]) -> Response:
@@ -332,7 +354,8 @@ class Simulator:
                 await ws.close(1008, "throttled")
             return
         self.stats.sessions += 1
-        await _Connection(self, ws, ServerSession(admission.model, config=self.config), admission.fault).run()
+        core = ServerSession(admission.model, config=admission.config)
+        await _Connection(self, ws, core, admission.fault).run()
 
     def _pick_fault(self) -> str | None:
         roll = self._rng.random()
@@ -347,6 +370,18 @@ class Simulator:
         self.stats.delivered[fingerprint] = self.stats.delivered.get(fingerprint, 0) + 1
         if usage is not None:
             self._tokens.add(time.monotonic(), usage.total_tokens)
+
+    def _billed(self, core: ServerSession, done: ev.ResponseDone) -> None:
+        """Record a ``response.done`` just written, under its session; count its argument fault."""
+        response = done.response
+        response_id = str(response.get("id"))
+        output = response.get("output") or []
+        calls = tuple(str(i.get("name")) for i in output if isinstance(i, dict) and i.get("type") == "function_call")
+        usage = done.usage or ev.Usage()
+        record = BilledResponse(response_id, str(response.get("status")), usage, calls)
+        self.stats.billing.setdefault(core.session_id, []).append(record)
+        if response_id in core.argument_faults:
+            self.stats.count_fault(core.argument_faults[response_id])
 
 
 class _Connection:
@@ -472,8 +507,10 @@ class _Connection:
             if job.cancelled:
                 if index == 0:
                     await self.ws.send(ev.to_json(event))
-                await self.ws.send(ev.to_json(self.core.cancelled_done(job.response_id)))
+                cancelled = self.core.cancelled_done(job.response_id)
+                await self.ws.send(ev.to_json(cancelled))
                 stats.responses_cancelled += 1
+                self.sim._billed(self.core, cancelled)
                 return True
             if fault is not None and index == fault_at:
                 await self._inject(fault)
@@ -483,6 +520,7 @@ class _Connection:
             await self.ws.send(ev.to_json(event))
             if isinstance(event, ev.ResponseDone):
                 self.sim._delivered(self.core.fingerprints[job.response_id], event.usage)
+                self.sim._billed(self.core, event)
         return True
 
     async def _inject(self, fault: str) -> None:
@@ -511,6 +549,25 @@ def _json_response(connection: ServerConnection, status: int, body: dict[str, An
     del response.headers["Content-Type"]  # websockets' Headers is a multi-dict: replace, not add
     response.headers["Content-Type"] = "application/json"
     return response
+
+
+def _connection_config(config: SimulatorConfig, query: dict[str, list[str]], fault: str | None) -> SimulatorConfig:
+    """The config of one connection: its argument fault and tool switches (``sim_tool_rounds``,
+    ``sim_parallel_calls``) from the URL; ValueError for a value that is not one."""
+    changes: dict[str, Any] = {}
+    if fault in ARGUMENT_FAULTS:
+        changes["argument_fault"] = fault
+    rounds = query["sim_tool_rounds"][0] if query.get("sim_tool_rounds") else None
+    if rounds is not None:
+        if not rounds.isdigit():
+            raise ValueError(f"sim_tool_rounds must be a whole number, not {rounds!r}")
+        changes["tool_rounds"] = int(rounds)
+    parallel = query["sim_parallel_calls"][0] if query.get("sim_parallel_calls") else None
+    if parallel is not None:
+        if parallel not in ("0", "1"):
+            raise ValueError(f"sim_parallel_calls must be 0 or 1, not {parallel!r}")
+        changes["parallel_tool_calls"] = parallel == "1"
+    return replace(config, **changes) if changes else config
 
 
 def _bearer_key(headers: Headers) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from batchqwen.models import ModelInfo
+from batchqwen.models import REGISTRY, ModelInfo
 from batchqwen.sim.analysis import INPUT_RATE, OUTPUT_RATE
 
 AUDIO_FORMATS = ("pcm16", "pcm", "pcm24")
@@ -57,9 +57,11 @@ def apply_update(
     update: dict[str, Any],
     *,
     transcription_model: str = "gummy-realtime-v1",
+    refuse_tools: bool = True,
 ) -> dict[str, Any]:
     """The session after ``update`` (in the canonical flat form a family's ``read_update`` gives), or
-    :class:`Rejected` for the first invalid field. ``transcription_model``: the family's, when none is named.
+    :class:`Rejected` for the first invalid field. ``transcription_model``: the family's, when none is named;
+    ``refuse_tools``: tools on a model without function calling are an error (else accepted, never called).
     """
     new = dict(session)
     if "modalities" in update:
@@ -115,6 +117,12 @@ def apply_update(
             raise Rejected("tools must be a list of objects.", param="session.tools")
         if tools and update.get("enable_search"):
             raise Rejected("tools and enable_search cannot be used together.", param="session.tools")
+        if tools and not model.tools and refuse_tools:
+            with_tools = ", ".join(name for name, info in REGISTRY.items() if info.tools)
+            raise Rejected(
+                f"Model {model_name} does not support tools (function calling); models with tools: {with_tools}.",
+                param="session.tools",
+            )
         new["tools"] = tools
     if "smooth_output" in update:
         new["smooth_output"] = update["smooth_output"]
