@@ -116,7 +116,9 @@ def _wav16_frames(path: Path) -> int | None:
 
 def decode_pieces(path: Path) -> Iterator[bytes]:
     """The first audio stream of ``path`` as PCM16LE mono 16 kHz, in pieces of about a second, the way
-    :func:`batchqwen.media.decode_audio` decodes it (PyAV, FFmpeg's resampler and downmix)."""
+    :func:`batchqwen.media.decode_audio` decodes it (PyAV, FFmpeg's resampler and downmix). The two must
+    give the same samples (the long-recording tests compare them on a stereo file): a change to how media
+    downmixes belongs here too."""
     try:
         container = av.open(str(path), mode="r")
     except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:

@@ -347,6 +347,7 @@ def test_a_long_recording_is_split_at_its_pauses_and_run_one_session_a_segment(
     for (_, end), pause in zip(spans[:2], (pauses[5], pauses[11]), strict=True):
         assert pause[0] < end < pause[1]  # inside the long pause between two thirds
     assert sim.stats.sessions == 4 and sim.stats.max_deliveries() == 1
+    assert outcome.summary["sessions_started"] == 4  # each segment a session of the limiter's (RPM) too
     for start, end in spans:
         piece = decoded[round(start * RATE) * 2 : round(end * RATE) * 2]
         assert sim.stats.delivered.get(input_fingerprint(piece, (), "")) == 1  # each segment, exactly, once
