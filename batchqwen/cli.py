@@ -190,6 +190,34 @@ def _shared_options(func: Any) -> Any:
             " The count and the size of frames, hence the estimate, are the same in both.",
         ),
         click.option(
+            "--tools",
+            type=click.Path(path_type=Path, dir_okay=False),
+            default=None,
+            help="Tools the model may call: a Python module (its public functions, schemas from their type hints)"
+            " or a JSON file of declarations in the service's form. Rows may narrow them with a 'tools' column.",
+        ),
+        click.option(
+            "--tool-output",
+            default='{"ok": true}',
+            show_default=True,
+            metavar="JSON",
+            help="What a tool of a JSON declarations file answers (nothing runs).",
+        ),
+        click.option(
+            "--extract",
+            default=None,
+            metavar="TOOL",
+            help="Put TOOL's final arguments into typed extract_<property> columns (from its JSON Schema); a row"
+            " whose arguments do not validate fails with the reason.",
+        ),
+        click.option(
+            "--assume-tool-rounds",
+            type=click.IntRange(min=0),
+            default=1,
+            show_default=True,
+            help="Estimate (and the --max-cost check): tool rounds per turn when tools are offered.",
+        ),
+        click.option(
             "--split",
             type=click.Choice(["auto", "never"]),
             default="auto",
@@ -315,6 +343,20 @@ def _default_out(manifest: Path) -> Path:
 @click.option(
     "--log-file", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Also log to this file."
 )
+@click.option(
+    "--tool-timeout",
+    type=click.FloatRange(min=0.001),
+    default=30.0,
+    show_default=True,
+    help="Seconds one tool call may take; past it the model gets an error object.",
+)
+@click.option(
+    "--max-tool-rounds",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="Tool rounds per turn; a model asking for more fails its item (its calls recorded).",
+)
 def run(manifest: Path, out: Path | None, **options: Any) -> None:
     """Run every item of MANIFEST (CSV, JSONL or Parquet) through a realtime session.
 
@@ -380,6 +422,12 @@ def run(manifest: Path, out: Path | None, **options: Any) -> None:
         wait_lock=options["wait_lock"],
         quiet=options["quiet"],
         log_file=options["log_file"],
+        tools=options["tools"],
+        tool_output=options["tool_output"],
+        tool_timeout=options["tool_timeout"],
+        max_tool_rounds=options["max_tool_rounds"],
+        extract=options["extract"],
+        assume_tool_rounds=options["assume_tool_rounds"],
     )
     _call(_validate_defaults, config)
     if config.base_url and not config.simulate:
@@ -388,9 +436,11 @@ def run(manifest: Path, out: Path | None, **options: Any) -> None:
         _call(url_for, config.base_url, config.model)  # a bad URL is a usage error now, not a failed item
     elif config.base_url:
         log.warning("--base-url is ignored with --simulate (the built-in simulator picks its own address)")
+    from batchqwen.runner import load_run_tools
     from batchqwen.runner import run as run_batch
 
-    outcome = _call(asyncio.run, run_batch(config))
+    loaded = _call(load_run_tools, config)  # a bad tools file, or tools on a model without: exit 2 now
+    outcome = _call(asyncio.run, run_batch(config, loaded_tools=loaded))
     summary = outcome.summary
     counts = summary.get("by_status", {})
     click.echo(
@@ -442,6 +492,19 @@ def _estimate(manifest: Path, out: Path, options: dict[str, Any]) -> None:
         check_manifest(manifest)
         prices = cost.load_prices(options["prices"])
         output = cost.OutputAssumption(output_seconds_per_item=options["output_seconds"])
+        catalog = None
+        if options["tools"] is not None:
+            from batchqwen.extract import extraction_for
+            from batchqwen.models import get_model
+            from batchqwen.tools import check_tool_model, load_tools
+
+            check_tool_model(get_model(options["model"]))
+            toolbox = load_tools(options["tools"], canned_output=options["tool_output"])
+            if options["extract"] is not None:
+                extraction_for(toolbox, options["extract"])
+            catalog = toolbox.catalog
+        elif options["extract"] is not None:
+            raise UsageError("--extract needs --tools (the tool whose arguments become columns)")
         history = options.get("calibrate_from") or ()
         if history:
             from batchqwen.calibrate import calibrate
@@ -463,6 +526,9 @@ def _estimate(manifest: Path, out: Path, options: dict[str, Any]) -> None:
             voice=options["voice"],
             target_language=options["translate_to"],
             source_language=options["source_language"],
+            tools=catalog,
+            tool_rounds=options["assume_tool_rounds"],
+            extract=options["extract"],
             split=options["split"],
             pace=options.get("pace") or 0.0,  # run --dry-run --pace: the session lifetime counts too
         )

@@ -47,6 +47,13 @@ class RunConfig:
     chunk_ms: int = 100  # audio per input_audio_buffer.append, as the official samples send
     # output assumption for estimates
     output_seconds: float = 8.0
+    # tools (function calling): see batchqwen.tools
+    tools: Path | None = None  # a .py module of tool functions or a .json file of declarations
+    tool_output: str = '{"ok": true}'  # what declared-only tools answer (JSON text)
+    tool_timeout: float = 30.0  # seconds one tool call may take
+    max_tool_rounds: int = 4  # tool rounds per turn; past it the item fails with its calls recorded
+    extract: str | None = None  # a tool whose final arguments become typed extract_* columns
+    assume_tool_rounds: int = 1  # estimate (and the budget's pre-flight check): rounds per turn
     # timeouts (seconds)
     connect_timeout: float = 10.0
     first_event_timeout: float = 10.0

@@ -349,6 +349,86 @@ def estimate_tokens(
     return TokenEstimate(input_text, input_audio, input_image, output_text, output_audio)
 
 
+@dataclass(frozen=True)
+class TurnInput:
+    """What one turn of a session sends, for the estimate: ``texts`` stay in the conversation (input text
+    items, billed again by every later response), ``response_texts`` go with this turn's responses only
+    (a prompt folded into that response's instructions on a model without text input)."""
+
+    audio_seconds: float = 0.0
+    image_sizes: Sequence[tuple[int, int]] = ()
+    texts: Sequence[str | None] = ()
+    response_texts: Sequence[str | None] = ()
+
+
+#: output text tokens assumed for one function call (its arguments), and input text tokens for the output
+#: a tool returns, when nothing better is known (``--tool-output`` gives the latter exactly)
+ASSUMED_CALL_TOKENS = 40
+ASSUMED_TOOL_OUTPUT_TOKENS = 20
+
+
+@dataclass(frozen=True)
+class ToolAssumption:
+    """Tool rounds for the estimate: ``rounds_per_turn`` rounds (a call, its output, one more response)
+    per turn (``--assume-tool-rounds``); every response also bills the declarations of the tools offered."""
+
+    rounds_per_turn: int = 1
+    declaration_tokens: int = 0
+    call_tokens: int = ASSUMED_CALL_TOKENS
+    output_tokens: int = ASSUMED_TOOL_OUTPUT_TOKENS
+
+    def __post_init__(self) -> None:
+        if self.rounds_per_turn < 0:
+            raise UsageError("--assume-tool-rounds must be 0 or more")
+
+
+def estimate_session_tokens(
+    model: ModelInfo,
+    *,
+    turns: Sequence[TurnInput],
+    session_texts: Sequence[str | None],
+    modalities: tuple[str, ...],
+    output: OutputAssumption,
+    tools: ToolAssumption | None = None,
+) -> TokenEstimate:
+    """Tokens of one session of one or more turns, each answered by one response (plus the assumed tool
+    rounds), every response re-billing the conversation so far: the session's instructions and the tools'
+    declarations, every earlier turn's input and tool outputs, the text of every earlier answer and call
+    (the realtime protocol's conversation context: earlier output becomes later input), and its own turn.
+    A single turn without tools is :func:`estimate_tokens` exactly.
+    """
+    rounds = tools.rounds_per_turn if tools is not None else 0
+    declarations = tools.declaration_tokens if tools is not None else 0
+    call_tokens = tools.call_tokens if tools is not None else 0
+    output_tokens = tools.output_tokens if tools is not None else 0
+    base_text = sum(count_text_tokens(t) for t in session_texts) + declarations
+    history_text = history_audio = history_image = 0  # earlier turns' input, outputs and answers
+    total = TokenEstimate()
+    for turn in turns:
+        own_text = sum(count_text_tokens(t) for t in turn.texts)
+        own_audio = audio_tokens(model, turn.audio_seconds)
+        own_image = sum(image_tokens(model, w, h) for w, h in turn.image_sizes)
+        answer = estimate_tokens(
+            model, audio_seconds=turn.audio_seconds, image_sizes=(), texts=(), modalities=modalities, output=output
+        )
+        context_text = base_text + history_text + own_text + sum(count_text_tokens(t) for t in turn.response_texts)
+        said = 0  # this turn's calls and tool outputs so far, billed again by its next response
+        for round_number in range(rounds + 1):
+            last = round_number == rounds
+            total = TokenEstimate(
+                total.input_text + context_text + said,
+                total.input_audio + history_audio + own_audio,
+                total.input_image + history_image + own_image,
+                total.output_text + (answer.output_text if last else call_tokens),
+                total.output_audio + (answer.output_audio if last else 0),
+            )
+            said += 0 if last else call_tokens + output_tokens
+        history_text += own_text + said + answer.output_text
+        history_audio += own_audio
+        history_image += own_image
+    return total
+
+
 # ----------------------------------------------------------------------------- money
 
 

@@ -8,7 +8,9 @@
     ├── ItemError                  local problem of one item; never retried, never the run's failure
     │   ├── InputFileError         a file the row names is missing or unreadable
     │   ├── MediaError             a file that is present but cannot be decoded / converted
-    │   └── InputTooLong           more than one session takes, and --split never (or no cut can help)
+    │   ├── InputTooLong           more than one session takes, and --split never (or no cut can help)
+    │   ├── ExtractError           --extract: the tool was never called, or its final arguments do not validate
+    │   └── ToolRoundsExceeded     the model asked for more tool rounds than --max-tool-rounds allows
     ├── ProtocolError              a frame or an event order that breaks the protocol
     │   └── InvalidState           an illegal call on the protocol core, raised at once
     ├── RemoteError                something the service (or the network to it) did
@@ -72,6 +74,18 @@ class InputTooLong(ItemError):
     not be split (``--split never``) or that no split can help (its text alone is over the limit)."""
 
     kind = "too_long"
+
+
+class ExtractError(ItemError):
+    kind = "extract"
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code  # not_called | invalid_json | validation
+
+
+class ToolRoundsExceeded(ItemError):
+    kind = "tool_rounds"
 
 
 class ProtocolError(BatchQwenError):

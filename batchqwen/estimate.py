@@ -42,13 +42,16 @@ from typing import Any, TypeVar, cast
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batchqwen.conversation import plan_conversation
 from batchqwen.cost import (
     MODALITIES,
     ModelPrice,
     OutputAssumption,
     PriceBook,
     TokenEstimate,
+    TurnInput,
     cost_breakdown,
+    estimate_session_tokens,
     estimate_tokens,
 )
 from batchqwen.errors import BatchQwenError, InputTooLong
@@ -63,10 +66,11 @@ from batchqwen.media import (
     probe_video,
 )
 from batchqwen.models import image_tokens
-from batchqwen.plan import plan_item
+from batchqwen.plan import ItemPlan, plan_item
 from batchqwen.realtime.gateways import normalize_region
 from batchqwen.split import SplitMode, plan_segments, session_budget
 from batchqwen.tokens import text_tokens_exact
+from batchqwen.tools import NO_TOOLS, ToolCatalog, offered_tools
 
 ESTIMATE_FILE = "estimate.parquet"
 ESTIMATE_SUMMARY = "estimate.json"  # the totals of the last estimate in OUT: the report compares a run with it
@@ -172,6 +176,7 @@ class EstimateReport:
     parquet: Path | None = None
     elapsed_seconds: float = 0.0
     text_tokens_exact: bool = True
+    tool_rounds: int | None = None  # --assume-tool-rounds, when the run offers tools
     price_url: str = ""
     #: with a calibrated output (estimate --calibrate-from): the p10 and p90 of the total cost
     cost_range: tuple[float, float] | None = None
@@ -216,6 +221,9 @@ class _Settings:
     max_video_frames: int
     target_language: str | None = None
     source_language: str | None = None
+    tools: ToolCatalog | None = None  # --tools: the declarations billed with every response
+    tool_rounds: int = 1  # --assume-tool-rounds per turn
+    extract: str | None = None
     split: SplitMode = "auto"
     pace: float = 0.0
 
@@ -248,8 +256,8 @@ def estimate_item(
         max_video_frames,
         target_language,
         source_language,
-        split,
-        pace,
+        split=split,
+        pace=pace,
     )
     return _estimate_item(item, settings)
 
@@ -299,7 +307,81 @@ def _estimate_rows(source: RawRows, rows: list[tuple[int, Any]], s: _Settings) -
     return [_estimate_item(item, s) for item in items_of(source, rows, with_hash=False)]
 
 
+def _plan_options(s: _Settings) -> dict[str, Any]:
+    return dict(
+        model=s.default_model,
+        voice=s.voice,
+        modalities=s.modalities,
+        instructions=s.instructions,
+        pad_silence_seconds=s.pad_silence_seconds,
+        target_language=s.target_language,
+        source_language=s.source_language,
+        video_fps=s.video_fps,
+    )
+
+
+def _probe(item: Item, plan: ItemPlan, s: _Settings) -> tuple[float, list[tuple[int, int]], float]:
+    """(audio seconds sent, image sizes sent, silence padded) of an item (or a turn) from its headers."""
+    audio_seconds = _PROBES.get(item.audio, probe_audio_seconds) if item.audio is not None else 0.0
+    sizes: list[tuple[int, int]] = []
+    if item.video is not None:
+        video = _PROBES.get(item.video, probe_video, fps=plan.video_fps, max_frames=s.max_video_frames)
+        sizes.extend([video.frame_size] * len(video.frame_times))
+        if item.audio is None:
+            audio_seconds = video.audio_seconds
+    padded = 0.0
+    if audio_seconds <= 0 and plan.pad_silence_seconds > 0:
+        padded = audio_seconds = plan.pad_silence_seconds
+    sizes.extend(fit_image_size(*_PROBES.get(path, probe_image_size)) for path in item.images)
+    return audio_seconds, sizes, padded
+
+
+def _estimate_session(item: Item, s: _Settings) -> RowEstimate:
+    """A conversation row, or a row offering tools: every turn's response re-bills the conversation so far,
+    and each turn takes the assumed tool rounds (the runner estimates the same way)."""
+    model_name = item.model or s.default_model
+    modalities = item.modalities or s.modalities
+    try:
+        validate_item(item)
+        if item.turns:
+            talk = plan_conversation(item, **_plan_options(s))
+            plan = talk.session
+        else:
+            plan = plan_item(item, **_plan_options(s))
+        model, model_name, modalities = plan.model, plan.model.name, plan.modalities
+        offered = offered_tools(model, item.tools, s.tools, s.extract)
+        turns: list[TurnInput] = []
+        audio_total = padded_total = 0.0
+        images = 0
+        pairs = zip(talk.turn_items, talk.turns, strict=True) if item.turns else [(item, plan)]
+        for number, (each, turn_plan) in enumerate(pairs):
+            try:
+                audio_seconds, sizes, padded = _probe(each, turn_plan, s)
+            except BatchQwenError as exc:
+                if not item.turns:
+                    raise
+                raise type(exc)(f"turn {number + 1}: {exc}") from None
+            folded = talk.response_instructions(number) if item.turns else None
+            turns.append(TurnInput(audio_seconds, sizes, [turn_plan.prompt], [folded] if folded else []))
+            audio_total, padded_total, images = audio_total + audio_seconds, padded_total + padded, images + len(sizes)
+        assumption = s.tools.assumption(offered, s.tool_rounds) if offered and s.tools is not None else None
+        tokens = estimate_session_tokens(
+            model,
+            turns=turns,
+            session_texts=[plan.instructions],
+            modalities=modalities,
+            output=s.output,
+            tools=assumption,
+        )
+    except (BatchQwenError, OSError, ValueError) as exc:
+        return RowEstimate(item.id, item.row, model_name, tuple(modalities), problem=_problem_text(exc))
+    return RowEstimate(item.id, item.row, model_name, modalities, audio_total, padded_total, images, tokens)
+
+
 def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
+    names_tools = item.tools is not None and item.tools != NO_TOOLS
+    if item.turns or names_tools or (s.tools is not None and item.tools != NO_TOOLS):
+        return _estimate_session(item, s)
     model_name = item.model or s.default_model
     modalities = item.modalities or s.modalities
     try:
@@ -453,10 +535,16 @@ def estimate_manifest(
     voice: str | None = None,
     target_language: str | None = None,
     source_language: str | None = None,
+    tools: ToolCatalog | None = None,
+    tool_rounds: int = 1,
+    extract: str | None = None,
     split: SplitMode = "auto",
     pace: float = 0.0,
 ) -> EstimateReport:
     """Estimate tokens and cost of every row of the manifest at ``path``; no network access at all.
+
+    With ``tools`` (``--tools``), every response bills the declarations of the tools a row offers and each
+    turn is assumed to take ``tool_rounds`` tool rounds (``--assume-tool-rounds``).
 
     Rows go to ``out_dir/estimate.parquet`` (when ``out_dir`` is given) in manifest order; the report keeps
     aggregates only. Raises ManifestError when the manifest as a whole is unusable; row problems are
@@ -473,6 +561,7 @@ def estimate_manifest(
         price_url=prices.source_url,
         output=output,
         text_tokens_exact=text_tokens_exact(),
+        tool_rounds=tool_rounds if tools is not None else None,
     )
     settings = _Settings(
         default_model,
@@ -485,8 +574,11 @@ def estimate_manifest(
         max_video_frames,
         target_language,
         source_language,
-        split,
-        pace,
+        tools,
+        tool_rounds,
+        extract,
+        split=split,
+        pace=pace,
     )
     writer = _RowWriter(out_dir / ESTIMATE_FILE) if out_dir is not None else None
     cores = os.cpu_count() or 1
@@ -690,6 +782,11 @@ def format_report(report: EstimateReport) -> str:
         f" as of {report.price_as_of}, {cur} per 1M tokens",
         report.output.describe().capitalize(),
     ]
+    if report.tool_rounds is not None:
+        lines.append(
+            f"Tool rounds assumed: {report.tool_rounds} per turn (--assume-tool-rounds); every response bills the"
+            " tools' declarations and the conversation so far"
+        )
     if not report.text_tokens_exact:
         lines.append("Text tokens are approximate (the Qwen vocabulary was not found: 1 token per 3 bytes)")
     for name in sorted(report.by_model):

@@ -16,6 +16,16 @@ CHUNK_BYTES = 3_200  # 100 ms of 16 kHz PCM16 mono, as the official samples send
 
 
 @dataclass(frozen=True)
+class TurnSpec:
+    """One turn of a conversation row (the manifest's ``turns`` column), paths resolved; nothing decoded."""
+
+    audio: Path | None = None
+    images: tuple[Path, ...] = ()
+    video: Path | None = None
+    prompt: str | None = None
+
+
+@dataclass(frozen=True)
 class Item:
     """One manifest row, paths resolved against the manifest's folder; nothing decoded yet."""
 
@@ -33,6 +43,8 @@ class Item:
     source_language: str | None = None  # translation models: the spoken language, when known
     passthrough: dict[str, Any] = field(default_factory=dict)  # unknown columns, copied to results
     content_hash: str = ""  # row content + file size/mtime: a changed item under the same id is noticed
+    turns: tuple[TurnSpec, ...] = ()  # a conversation: one session, one response per turn, in order
+    tools: tuple[str, ...] | None = None  # the tools this row offers (None: every tool of --tools)
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,16 @@ class PreparedInput:
 
 
 @dataclass(frozen=True)
+class ConversationTurn:
+    """One turn of a session: what it sends and, where a prompt had to be folded into instructions (a model
+    without text input), the instructions of that turn's response."""
+
+    media: PreparedInput
+    prompt: str | None = None  # sent as an input_text item (models with text input)
+    instructions: str | None = None  # response.create instructions for this turn only; None: the session's
+
+
+@dataclass(frozen=True)
 class TurnRequest:
     """Everything one realtime session needs for one item, already resolved and validated."""
 
@@ -102,6 +124,14 @@ class TurnRequest:
     target_language: str | None = None  # translation models: the language to translate into
     chunk_bytes: int = CHUNK_BYTES
     session_options: dict[str, Any] = field(default_factory=dict)  # temperature, max_tokens, ... as given
+    #: a conversation: every turn in order (``media`` and ``prompt`` above are then the first turn's);
+    #: empty: one turn of ``media`` and ``prompt``
+    turns: tuple[ConversationTurn, ...] = ()
+
+    @property
+    def all_turns(self) -> tuple[ConversationTurn, ...]:
+        """The turns of the session, in order (one for a plain item)."""
+        return self.turns or (ConversationTurn(self.media, self.prompt),)
 
 
 @dataclass(frozen=True)
@@ -112,6 +142,33 @@ class Utterance:
     end_seconds: float | None
     source_text: str  # the input transcription of the utterance (source language)
     text: str  # the answer: the translation (text, or the transcript of the spoken translation)
+
+
+@dataclass
+class ToolCall:
+    """One function call the model made, and what answered it. ``arguments`` and ``output`` are JSON text."""
+
+    call_id: str
+    name: str
+    arguments: str
+    turn: int = 1  # 1-based turn of the session
+    output: str | None = None  # None: not answered (no tools to run, or past --max-tool-rounds)
+    error: str | None = None  # the tool raised, timed out, was not offered, or got arguments off its schema
+    seconds: float | None = None  # time the tool took
+
+
+@dataclass
+class TurnOutput:
+    """What one turn of a session produced (several responses when the model called tools)."""
+
+    index: int  # 1-based
+    input_transcript: str | None = None
+    output_text: str = ""
+    output_transcript: str = ""
+    output_pcm: bytes = b""
+    usage: Usage | None = None  # summed over the turn's responses
+    response_ids: list[str] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
 
 @dataclass
@@ -126,6 +183,9 @@ class TurnResult:
     output_pcm: bytes = b""  # PCM16LE mono at the model's output rate
     usage: Usage | None = None  # summed over the responses of the turn
     utterances: list[Utterance] = field(default_factory=list)  # server-detected turns, in order
+    turns: list[TurnOutput] = field(default_factory=list)  # manual turns: each turn's own output, in order
+    #: set when a turn stopped because the model asked for more tool rounds than allowed (the message)
+    tool_round_limit: str | None = None
     connect_seconds: float | None = None
     first_text_seconds: float | None = None
     first_audio_seconds: float | None = None

@@ -368,8 +368,8 @@ def _write_spool(spool: Path, pcm: bytes) -> None:
 
 #: runs one segment's session: (the segment's media, where its answer's WAV goes) -> its row
 SessionRunner = Callable[[PreparedInput, Path], Awaitable[ResultRow]]
-#: records a half-done item in the journal (status pending, what was billed so far)
-ProgressSink = Callable[[ResultRow], Awaitable[None]]
+#: records a half-done item in the journal (status partial, what was billed so far)
+ProgressSink = Callable[[ResultRow], None]
 
 
 async def run_segments(
@@ -384,7 +384,7 @@ async def run_segments(
     """Run a long recording's segments in order, one session each, and return the item's one row.
 
     A failed segment ends the item (the later ones are not sent). After each segment but the last,
-    ``progress`` gets the half-done item's pending row, so what was billed is on record if the run stops.
+    ``progress`` gets the half-done item's ``partial`` row, so what was billed is on record if the run stops.
     The spool is deleted at the end, whatever happens.
     """
     rows: list[ResultRow] = []
@@ -404,7 +404,7 @@ async def run_segments(
             if row.status != STATUS_OK:
                 break
             if progress is not None and segment.index < len(recording.segments):
-                await progress(merge_rows(item, recording.segments, rows, notes=all_notes, pending=True))
+                progress(merge_rows(item, recording.segments, rows, notes=all_notes, partial=True))
         merged = merge_rows(item, recording.segments, rows, notes=all_notes)
         if parts:
             target = wav_path(out_dir, item.id)

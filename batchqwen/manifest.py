@@ -32,13 +32,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from batchqwen.errors import InputFileError, ItemError, ManifestError
-from batchqwen.items import Item
+from batchqwen.items import Item, TurnSpec
 
 KNOWN_COLUMNS: tuple[str, ...] = (
     "id", "audio", "image", "video", "prompt", "instructions", "model", "voice", "modalities",
-    "target_language", "source_language",
+    "target_language", "source_language", "turns", "tools",
 )  # fmt: skip
-INPUT_COLUMNS: tuple[str, ...] = ("audio", "image", "video", "prompt")
+INPUT_COLUMNS: tuple[str, ...] = ("audio", "image", "video", "prompt", "turns")
+#: the keys a turn of the ``turns`` column may have (``images`` is taken for ``image``)
+TURN_KEYS: tuple[str, ...] = ("audio", "image", "video", "prompt")
 PATH_COLUMNS: tuple[str, ...] = ("audio", "image", "video")
 FORMATS: dict[str, str] = {
     ".csv": "csv",
@@ -278,6 +280,40 @@ def _list_of_text(value: Any, column: str, where: str, separator: str) -> list[s
     return [p.strip() for p in parts if p.strip()]
 
 
+def _turns(value: Any, where: str) -> list[dict[str, Any]]:
+    """The ``turns`` cell: a JSON list (text in CSV, a list in JSONL/Parquet) of objects with audio,
+    image (one or a list), video and prompt, each trimmed like the row's own columns."""
+    if _is_empty(value):
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ManifestError(f"{where}: column 'turns' is not a JSON list: {exc}") from None
+    if not isinstance(value, list | tuple):
+        raise ManifestError(f"{where}: column 'turns' must be a JSON list of turns, not {type(value).__name__}")
+    turns = []
+    for number, turn in enumerate(value, 1):
+        if not isinstance(turn, dict):
+            raise ManifestError(f"{where}: turn {number} must be an object with audio/image/video/prompt")
+        turn = {("image" if k == "images" else str(k)): v for k, v in turn.items()}
+        unknown = sorted(set(turn) - set(TURN_KEYS))
+        if unknown:
+            raise ManifestError(
+                f"{where}: turn {number} has {', '.join(map(repr, unknown))}; a turn takes {', '.join(TURN_KEYS)}"
+            )
+        turn_where = f"{where}, turn {number}"
+        turns.append(
+            {
+                "audio": _text(turn.get("audio"), "audio", turn_where),
+                "image": _list_of_text(turn.get("image"), "image", turn_where, ";"),
+                "video": _text(turn.get("video"), "video", turn_where),
+                "prompt": _text(turn.get("prompt"), "prompt", turn_where, strip=False),
+            }
+        )
+    return turns
+
+
 def _resolve(base: Path, given: str) -> Path:
     path = Path(os.path.expanduser(given))
     return path if path.is_absolute() else base / path
@@ -319,6 +355,8 @@ def _to_item(number: int, raw: RawRow, base: Path, where: str, *, with_hash: boo
     modalities = _list_of_text(raw.get("modalities"), "modalities", where, ",")
     target_language = _text(raw.get("target_language"), "target_language", where)
     source_language = _text(raw.get("source_language"), "source_language", where)
+    turns = _turns(raw.get("turns"), where)
+    tools = _list_of_text(raw.get("tools"), "tools", where, ";") if not _is_empty(raw.get("tools")) else None
     passthrough = {k: _passthrough_value(v) for k, v in raw.items() if k not in KNOWN_COLUMNS}
 
     # The row's content as written (paths as given, not resolved): moving the job folder keeps the ids.
@@ -326,6 +364,7 @@ def _to_item(number: int, raw: RawRow, base: Path, where: str, *, with_hash: boo
         "audio": audio, "image": images or None, "video": video, "prompt": prompt,
         "instructions": instructions, "model": model, "voice": voice, "modalities": modalities or None,
         "target_language": target_language, "source_language": source_language,
+        "turns": [{k: v for k, v in t.items() if v} for t in turns] or None, "tools": tools,
     }  # fmt: skip
     content.update({f"+{k}": _as_hash_text(v) for k, v in passthrough.items() if v is not None})
     content = {k: v for k, v in content.items() if v is not None}
@@ -337,7 +376,17 @@ def _to_item(number: int, raw: RawRow, base: Path, where: str, *, with_hash: boo
     audio_path = _resolve(base, audio) if audio else None
     image_paths = tuple(_resolve(base, p) for p in images)
     video_path = _resolve(base, video) if video else None
-    files = [p for p in (audio_path, *image_paths, video_path) if p is not None]
+    turn_specs = tuple(
+        TurnSpec(
+            audio=_resolve(base, t["audio"]) if t["audio"] else None,
+            images=tuple(_resolve(base, p) for p in t["image"]),
+            video=_resolve(base, t["video"]) if t["video"] else None,
+            prompt=t["prompt"],
+        )
+        for t in turns
+    )
+    turn_files = [p for t in turn_specs for p in (t.audio, *t.images, t.video) if p is not None]
+    files = [p for p in (audio_path, *image_paths, video_path, *turn_files) if p is not None]
     content_hash = ""
     if with_hash:
         stamped = {"id": item_id, "cells": content, "files": [_file_stamp(p) for p in files]}
@@ -357,6 +406,8 @@ def _to_item(number: int, raw: RawRow, base: Path, where: str, *, with_hash: boo
         source_language=source_language,
         passthrough=passthrough,
         content_hash=content_hash,
+        turns=turn_specs,
+        tools=tuple(tools) if tools is not None else None,
     )
 
 
@@ -413,8 +464,9 @@ def items_of(source: RawRows, rows: Iterable[tuple[int, RawRow]], *, with_hash: 
 
 
 def item_files(item: Item) -> list[Path]:
-    """Every file the item names, in column order (audio, images, video)."""
-    return [p for p in (item.audio, *item.images, item.video) if p is not None]
+    """Every file the item names, in column order (audio, images, video, then each turn's)."""
+    turn_files = [p for t in item.turns for p in (t.audio, *t.images, t.video)]
+    return [p for p in (item.audio, *item.images, item.video, *turn_files) if p is not None]
 
 
 def missing_files(item: Item) -> list[Path]:
@@ -423,14 +475,23 @@ def missing_files(item: Item) -> list[Path]:
 
 
 def has_input(item: Item) -> bool:
-    """Whether the row gives the model anything at all (audio, image, video or prompt)."""
-    return bool(item.audio or item.images or item.video or item.prompt)
+    """Whether the row gives the model anything at all (audio, image, video, prompt or turns)."""
+    return bool(item.audio or item.images or item.video or item.prompt or item.turns)
 
 
 def validate_item(item: Item) -> None:
-    """Raise the row's own error: ItemError when it has no input, InputFileError for a missing file."""
+    """Raise the row's own error: ItemError when it has no input (or a turn has none, or the row mixes
+    turns with inputs of its own), InputFileError for a missing file."""
     if not has_input(item):
         raise ItemError(f"row {item.row} (id {item.id!r}) has no input: none of audio, image, video, prompt")
+    if item.turns and (item.audio or item.images or item.video or item.prompt):
+        raise ItemError(
+            f"row {item.row} (id {item.id!r}) has turns and audio/image/video/prompt of its own:"
+            " put every input in a turn"
+        )
+    for number, turn in enumerate(item.turns, 1):
+        if not (turn.audio or turn.images or turn.video or turn.prompt):
+            raise ItemError(f"row {item.row} (id {item.id!r}): turn {number} has no audio, image, video or prompt")
     missing = missing_files(item)
     if missing:
         names = ", ".join(str(p) for p in missing)
@@ -512,7 +573,8 @@ def check_manifest(path: Path) -> ManifestSummary:
             no_input_count += 1
             if len(no_input) < MAX_LISTED:
                 no_input.append(number)
-        if item.video or item.images or (item.audio and item.audio.suffix.lower() != ".wav"):
+        media = item_files(item)
+        if item.video or any(t.video for t in item.turns) or any(p.suffix.lower() != ".wav" for p in media):
             compressed += 1
         missing = missing_files(item)
         if missing:

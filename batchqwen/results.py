@@ -26,13 +26,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchqwen.errors import BatchQwenError, HandshakeRejected, OutputUnwritable, ServerError
+from batchqwen.errors import BatchQwenError, ExtractError, HandshakeRejected, OutputUnwritable, ServerError
 from batchqwen.items import Item
+
+if TYPE_CHECKING:
+    from batchqwen.extract import Extraction
 
 JOURNAL_NAME = "journal.jsonl"
 RESULTS_NAME = "results.parquet"
@@ -43,6 +46,9 @@ STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 STATUS_SKIPPED = "skipped"  # journaled on purpose without a session (e.g. the budget cap was reached)
 STATUS_PENDING = "pending"  # no (current) journal record: not run yet (--limit, interrupt, crash)
+#: journaled after each turn of a conversation but its last: the turns so far and what they were billed; the
+#: item is run again whole (the billed tokens carry over into ``failed_attempt_tokens``)
+STATUS_PARTIAL = "partial"
 STATUSES: tuple[str, ...] = (STATUS_OK, STATUS_FAILED, STATUS_SKIPPED, STATUS_PENDING)
 
 MAX_ERROR_MESSAGE = 4_000
@@ -58,6 +64,48 @@ UTTERANCE_TYPE = pa.struct(
         ("end_seconds", pa.float64()),
         ("source_text", pa.string()),
         ("text", pa.string()),
+    ]
+)
+#: one function call: its turn, id, tool name, arguments and output (JSON text), error, and the tool's time
+TOOL_CALL_TYPE = pa.struct(
+    [
+        ("turn", pa.int64()),
+        ("call_id", pa.string()),
+        ("name", pa.string()),
+        ("arguments", pa.string()),
+        ("output", pa.string()),
+        ("error", pa.string()),
+        ("seconds", pa.float64()),
+    ]
+)
+#: what the service reported for the responses of one turn, summed
+TURN_USAGE_TYPE = pa.struct(
+    [
+        (name, pa.int64())
+        for name in (
+            "input_tokens",
+            "output_tokens",
+            "total_tokens",
+            "input_text_tokens",
+            "input_audio_tokens",
+            "input_image_tokens",
+            "output_text_tokens",
+            "output_audio_tokens",
+        )
+    ]
+)
+#: one turn of a conversation
+TURN_TYPE = pa.struct(
+    [
+        ("turn", pa.int64()),
+        ("input_transcript", pa.string()),
+        ("output_text", pa.string()),
+        ("output_transcript", pa.string()),
+        ("output_wav", pa.string()),
+        ("output_audio_seconds", pa.float64()),
+        ("response_ids", pa.list_(pa.string())),
+        ("tool_calls", pa.list_(TOOL_CALL_TYPE)),
+        ("usage", TURN_USAGE_TYPE),
     ]
 )
 RESULT_SCHEMA: pa.Schema = pa.schema(
@@ -110,6 +158,10 @@ RESULT_SCHEMA: pa.Schema = pa.schema(
         ("first_audio_seconds", pa.float64()),
         ("total_seconds", pa.float64()),
         ("content_hash", pa.string()),
+        ("tool_calls", pa.list_(TOOL_CALL_TYPE)),
+        ("turns", pa.list_(TURN_TYPE)),
+        ("extracted_tool", pa.string()),
+        ("extracted_arguments", pa.string()),
         ("segments", pa.int64()),
     ]
 )
@@ -169,6 +221,10 @@ class ResultRow:
     first_audio_seconds: float | None = None
     total_seconds: float | None = None
     content_hash: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # TOOL_CALL_TYPE records, every turn's
+    turns: list[dict[str, Any]] = field(default_factory=list)  # TURN_TYPE records (conversation rows only)
+    extracted_tool: str | None = None  # --extract: the tool whose final arguments the row holds
+    extracted_arguments: str | None = None  # ... as JSON text, validated; typed as extract_* columns
     segments: int | None = None  # sessions the item ran as: 1, or more for a recording split at pauses
 
     @classmethod
@@ -197,6 +253,8 @@ class ResultRow:
         record["response_ids"] = list(self.response_ids)
         record["utterances"] = [dict(u) for u in self.utterances]
         record["notes"] = list(self.notes)
+        record["tool_calls"] = [dict(c) for c in self.tool_calls]
+        record["turns"] = [dict(t) for t in self.turns]
         for key in ("started_at", "finished_at"):
             value = record[key]
             record[key] = value.isoformat() if isinstance(value, datetime) else None
@@ -231,6 +289,8 @@ def error_fields(exc: BaseException, *, secrets: Iterable[str] = ()) -> dict[str
         message = exc.message + (f" (param {exc.param})" if exc.param else "")
     elif isinstance(exc, HandshakeRejected):
         code = exc.code or str(exc.status)
+    elif isinstance(exc, ExtractError):
+        code = exc.code or None
     message = redact(message, secrets)
     if len(message) > MAX_ERROR_MESSAGE:
         message = message[: MAX_ERROR_MESSAGE - 1] + "…"
@@ -298,6 +358,14 @@ def wav_path(out_dir: Path, item_id: str) -> Path:
     """``OUT/audio/<safe id>.wav``, verified to stay inside OUT."""
     path = Path(out_dir) / AUDIO_DIR / f"{safe_id(item_id)}.wav"
     if not _inside(Path(out_dir), path):  # cannot happen with safe_id; defence in depth (symlinked audio/)
+        raise BatchQwenError(f"output path for id {item_id!r} would leave {out_dir}: {path}")
+    return path
+
+
+def turn_wav_path(out_dir: Path, item_id: str, turn: int) -> Path:
+    """``OUT/audio/<safe id>/turn-<n>.wav``: one turn of a conversation (``n`` from 1), inside OUT."""
+    path = Path(out_dir) / AUDIO_DIR / safe_id(item_id) / f"turn-{int(turn)}.wav"
+    if not _inside(Path(out_dir), path):
         raise BatchQwenError(f"output path for id {item_id!r} would leave {out_dir}: {path}")
     return path
 
@@ -523,18 +591,6 @@ class JournalIndex(Mapping[str, dict[str, Any]]):
     def __iter__(self) -> Iterator[str]:
         return iter(self.entries)
 
-    def billed_before(self, entry: JournalEntry) -> int:
-        """Tokens billed for an item by the attempts its (not ok) record ``entry`` stands for: what a
-        rerun must still count (a failed item's earlier attempts, a half-done split item's segments)."""
-        if entry.status == STATUS_OK:
-            return 0
-        with self.path.open("rb") as handle:
-            handle.seek(entry.offset)
-            record = _parse_line(handle.readline())
-        if record is None:
-            return 0
-        return int(record.get("failed_attempt_tokens") or 0) + int(record.get("usage_total_tokens") or 0)
-
     def __len__(self) -> int:
         return len(self.entries)
 
@@ -542,9 +598,10 @@ class JournalIndex(Mapping[str, dict[str, Any]]):
 # ----------------------------------------------------------------------------- results.parquet
 
 
-def passthrough_names(passthrough_columns: Iterable[str]) -> dict[str, str]:
-    """Manifest column -> results column; a name taken by a result column gets the ``manifest_`` prefix."""
-    taken = {c.lower() for c in RESULT_COLUMNS}
+def passthrough_names(passthrough_columns: Iterable[str], reserved: Iterable[str] = ()) -> dict[str, str]:
+    """Manifest column -> results column; a name taken by a result column (or a ``reserved`` one, such as
+    the ``extract_*`` columns) gets the ``manifest_`` prefix."""
+    taken = {c.lower() for c in (*RESULT_COLUMNS, *reserved)}
     names: dict[str, str] = {}
     for column in passthrough_columns:
         name = column
@@ -555,10 +612,16 @@ def passthrough_names(passthrough_columns: Iterable[str]) -> dict[str, str]:
     return names
 
 
-def results_schema(passthrough_columns: Iterable[str]) -> pa.Schema:
-    """:data:`RESULT_SCHEMA` extended with one string column per passthrough column."""
+def results_schema(passthrough_columns: Iterable[str], extraction: Extraction | None = None) -> pa.Schema:
+    """:data:`RESULT_SCHEMA` extended with the typed ``extract_*`` columns of ``--extract`` (when given),
+    then one string column per passthrough column."""
     schema = RESULT_SCHEMA
-    for name in passthrough_names(passthrough_columns).values():
+    reserved: list[str] = []
+    if extraction is not None:
+        for extract_field in extraction.fields:
+            schema = schema.append(extract_field)
+        reserved = extraction.columns
+    for name in passthrough_names(passthrough_columns, reserved).values():
         schema = schema.append(pa.field(name, pa.string()))
     return schema
 
@@ -647,17 +710,19 @@ def write_results(
     passthrough_columns: list[str],
     *,
     on_row: Callable[[Mapping[str, Any]], None] | None = None,
+    extraction: Extraction | None = None,
 ) -> Path:
     """Write ``OUT/results.parquet``: one row per manifest item, in manifest order, atomically.
 
     Items without a current journal record appear as ``pending``. Streams in batches of 10,000 rows.
-    ``on_row`` sees every row written (e.g. a :class:`Totals` for the summary).
+    ``on_row`` sees every row written (e.g. a :class:`Totals` for the summary). With ``extraction``
+    (``--extract``), a row's ``extracted_arguments`` of that tool fill its typed ``extract_*`` columns.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / RESULTS_NAME
-    schema = results_schema(passthrough_columns)
-    names = passthrough_names(passthrough_columns)
+    schema = results_schema(passthrough_columns, extraction)
+    names = passthrough_names(passthrough_columns, extraction.columns if extraction is not None else ())
     fd, temp = tempfile.mkstemp(dir=out_dir, prefix=f".{RESULTS_NAME}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -672,6 +737,11 @@ def write_results(
                         columns[column].append(record.get(column))
                     columns["id"][-1] = item.id
                     columns["row"][-1] = item.row
+                    if extraction is not None:
+                        mine = record.get("extracted_tool") == extraction.tool
+                        values = extraction.values(record.get("extracted_arguments") if mine else None)
+                        for column, value in zip(extraction.columns, values, strict=True):
+                            columns[column].append(value)
                     for source, name in names.items():
                         columns[name].append(passthrough_text(item.passthrough.get(source)))
                     if len(columns["id"]) >= WRITE_BATCH_ROWS:

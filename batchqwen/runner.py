@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from batchqwen import cost, longaudio, manifest, media, quotas, results, split
+from batchqwen import conversation, cost, longaudio, manifest, media, quotas, results, split, tools
 from batchqwen.breaker import Breaker, EventSink
 from batchqwen.config import RunConfig
 from batchqwen.errors import (
@@ -33,16 +33,27 @@ from batchqwen.errors import (
     AdmissionClosed,
     BatchQwenError,
     BudgetExceeded,
+    ExtractError,
     FatalRunError,
     ItemError,
     ModelUnavailable,
     OutputUnwritable,
     ServerError,
     ServiceUnreachable,
+    ToolRoundsExceeded,
     UsageError,
 )
 from batchqwen.exitcodes import EXIT_ABORTED, EXIT_ENVIRONMENT, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED
-from batchqwen.items import INPUT_BYTES_PER_SECOND, Item, PreparedInput, TurnRequest
+from batchqwen.extract import Extraction
+from batchqwen.items import (
+    INPUT_BYTES_PER_SECOND,
+    ConversationTurn,
+    Item,
+    PreparedInput,
+    TurnOutput,
+    TurnRequest,
+    TurnResult,
+)
 from batchqwen.limiter import RUN_RAMP_SECONDS, Limiter
 from batchqwen.lock import RunLock
 from batchqwen.models import ModelInfo, get_model
@@ -50,6 +61,7 @@ from batchqwen.plan import ItemPlan, plan_item
 from batchqwen.realtime.client import ClientSettings, run_turn, url_for
 from batchqwen.realtime.events import Usage
 from batchqwen.realtime.gateways import host_of
+from batchqwen.realtime.protocol import FunctionCall, ToolOutput
 from batchqwen.retry import backoff_delays, classify, is_connection_failure, is_throttling
 from batchqwen.runevents import RUN_EVENTS_NAME, RunEvents
 
@@ -83,6 +95,8 @@ class ItemContext:
     output: cost.OutputAssumption
     out_dir: Path
     retry: RetryPolicy = field(default_factory=lambda: RetryPolicy())
+    toolbox: tools.Toolbox | None = None  # --tools: shared by every session (it holds no per-item state)
+    extraction: Extraction | None = None  # --extract
 
 
 @dataclass
@@ -135,8 +149,36 @@ class ReadyItem:
     item: Item
     plan: ItemPlan
     media: PreparedInput
+    turns: tuple[ConversationTurn, ...] = ()  # a conversation row: every turn, decoded (media is the first's)
+    tools: tuple[str, ...] = ()  # the tools this item offers
     #: too long for one session: its segments, each run as a session of its own (``media`` then has its images)
     recording: longaudio.LongRecording | None = None
+
+
+def estimate_ready(ready: ReadyItem, ctx: ItemContext) -> tuple[cost.TokenEstimate, float | None]:
+    """:func:`estimate_for`, counting every turn (the re-billed context) and the assumed tool rounds."""
+    plan = ready.plan
+    if not ready.turns and not ready.tools:
+        return estimate_for(plan, ready.media, ctx)
+    if ready.turns:
+        turns = conversation.turn_inputs(ready.turns)
+    else:
+        sizes = [(image.width, image.height) for image in ready.media.images]
+        turns = [cost.TurnInput(ready.media.audio_seconds, sizes, [plan.prompt])]
+    assumption = None
+    if ready.tools and ctx.toolbox is not None:
+        assumption = ctx.toolbox.assumption(ready.tools, ctx.config.assume_tool_rounds)
+    estimate = cost.estimate_session_tokens(
+        plan.model,
+        turns=turns,
+        session_texts=[plan.instructions],
+        modalities=plan.modalities,
+        output=ctx.output,
+        tools=assumption,
+    )
+    price = ctx.prices.lookup(plan.model.name, ctx.config.resolved_region)
+    money = None if price is None else cost.cost_of_estimate(price, estimate, modalities=plan.modalities)
+    return estimate, money
 
 
 async def process_item(
@@ -170,10 +212,10 @@ async def prepare(item: Item, ctx: ItemContext, *, decoder: Executor | None = No
     config = ctx.config
     secrets = [config.api_key] if config.api_key else []
     started = _now()
+    talk: conversation.ConversationPlan | None = None
     try:
         manifest.validate_item(item)
-        plan = plan_item(
-            item,
+        options: dict[str, Any] = dict(
             model=config.model,
             voice=config.voice,
             modalities=config.modalities,
@@ -183,6 +225,12 @@ async def prepare(item: Item, ctx: ItemContext, *, decoder: Executor | None = No
             source_language=config.source_language,
             video_fps=config.video_fps,
         )
+        if item.turns:
+            talk = conversation.plan_conversation(item, **options)
+            plan = talk.session
+        else:
+            plan = plan_item(item, **options)
+        offered = tools.offered_tools(plan.model, item.tools, ctx.toolbox, config.extract)
     except (ItemError, UsageError) as exc:
         return results.failed_row(item, exc, attempts=0, secrets=secrets, started_at=started, finished_at=_now())
     chosen = {
@@ -193,6 +241,10 @@ async def prepare(item: Item, ctx: ItemContext, *, decoder: Executor | None = No
         "notes": list(plan.notes),
     }
     try:
+        if talk is not None:
+            decode_turns = functools.partial(conversation.prepare_turns, talk, video_frames=config.video_frames)
+            turns = await asyncio.get_running_loop().run_in_executor(decoder, decode_turns)
+            return ReadyItem(item, plan, turns[0].media, turns=turns, tools=offered)
         # an item too long for one session is measured and cut here (or refused with --split never)
         decode = functools.partial(
             longaudio.prepare,
@@ -210,8 +262,9 @@ async def prepare(item: Item, ctx: ItemContext, *, decoder: Executor | None = No
             item, exc, attempts=0, secrets=secrets, started_at=started, finished_at=_now(), **chosen
         )
     if isinstance(prepared, longaudio.LongRecording):
-        return ReadyItem(item, plan, PreparedInput(images=prepared.images, notes=prepared.notes), prepared)
-    return ReadyItem(item, plan, prepared)
+        media_of_all = PreparedInput(images=prepared.images, notes=prepared.notes)
+        return ReadyItem(item, plan, media_of_all, tools=offered, recording=prepared)
+    return ReadyItem(item, plan, prepared, tools=offered)
 
 
 def session_budget(plan: ItemPlan, config: RunConfig, output: cost.OutputAssumption) -> split.SessionBudget:
@@ -227,6 +280,39 @@ def session_budget(plan: ItemPlan, config: RunConfig, output: cost.OutputAssumpt
     )
 
 
+async def _long_recording(
+    ready: ReadyItem,
+    ctx: ItemContext,
+    limiter: Limiter,
+    event_log: Callable[[str, str, dict[str, Any]], None] | None,
+    breaker: Breaker | None,
+    run_events: EventSink | None,
+    *,
+    carried: int,
+    record_partial: Callable[[dict[str, Any]], None] | None,
+) -> results.ResultRow:
+    """A long recording's segments, each a session of its own through :func:`session`: the item's one row."""
+    assert ready.recording is not None
+
+    async def one_segment(segment_media: PreparedInput, wav: Path) -> results.ResultRow:
+        segment = ReadyItem(ready.item, ready.plan, segment_media, tools=ready.tools)
+        return await session(
+            segment, ctx, limiter, event_log=event_log, breaker=breaker, run_events=run_events, wav_file=wav
+        )
+
+    def half_done(row: results.ResultRow) -> None:
+        if record_partial is not None:
+            row.failed_attempt_tokens = (row.failed_attempt_tokens or 0) + carried
+            record_partial(row.to_record())
+
+    row = await longaudio.run_segments(
+        ready.item, ready.recording, one_segment, out_dir=ctx.out_dir, notes=ready.plan.notes, progress=half_done
+    )
+    if carried:  # billed by an earlier run that left the item half-done
+        row.failed_attempt_tokens = (row.failed_attempt_tokens or 0) + carried
+    return row
+
+
 async def session(
     ready: ReadyItem,
     ctx: ItemContext,
@@ -235,45 +321,44 @@ async def session(
     event_log: Callable[[str, str, dict[str, Any]], None] | None = None,
     breaker: Breaker | None = None,
     run_events: EventSink | None = None,
+    carried_tokens: int = 0,
+    record_partial: Callable[[dict[str, Any]], None] | None = None,
     wav_file: Path | None = None,
-    progress: longaudio.ProgressSink | None = None,
 ) -> results.ResultRow:
     """Stream one prepared item through a session (with retries) and collect its result row.
 
+    A conversation hands every turn but its last to ``record_partial`` (a ``partial`` journal record: the
+    turns so far and the tokens billed, ``carried_tokens`` of earlier runs included), so that a run killed
+    mid-conversation still counts them when the item runs again whole.
+
     A long recording (``ready.recording``) runs as one session per segment, in order, each through this
-    function (``wav_file``: where that segment's answer goes); ``progress`` journals the half-done item
-    after each segment but the last.
+    function (``wav_file``: where that segment's answer goes); the half-done item goes to ``record_partial``
+    after each segment but the last, the same way.
     """
     if ready.recording is not None:
-
-        async def one_segment(segment_media: PreparedInput, wav: Path) -> results.ResultRow:
-            segment = ReadyItem(ready.item, ready.plan, segment_media)
-            return await session(
-                segment, ctx, limiter, event_log=event_log, breaker=breaker, run_events=run_events, wav_file=wav
-            )
-
-        return await longaudio.run_segments(
-            ready.item, ready.recording, one_segment, out_dir=ctx.out_dir, notes=ready.plan.notes, progress=progress
+        return await _long_recording(
+            ready, ctx, limiter, event_log, breaker, run_events, carried=carried_tokens, record_partial=record_partial
         )
     config = ctx.config
     secrets = [config.api_key] if config.api_key else []
     started = _now()
     item, plan, prepared = ready.item, ready.plan, ready.media
+    whole = conversation.combined_media(ready.turns) if ready.turns else prepared  # the row's totals
     chosen = {
         "model": plan.model.name,
         "voice": plan.voice,
         "modalities": ",".join(plan.modalities),
         "target_language": plan.target_language,
-        "notes": [*plan.notes, *prepared.notes],
+        "notes": [*plan.notes, *whole.notes],
     }
-    estimate, est_cost = estimate_for(plan, prepared, ctx)
+    estimate, est_cost = estimate_ready(ready, ctx)
     price = ctx.prices.lookup(plan.model.name, config.resolved_region)
     known: dict[str, Any] = {
         **chosen,
         "started_at": started,
-        "input_audio_seconds": round(prepared.audio_seconds, 3),
-        "padded_silence_seconds": prepared.padded_silence_seconds,
-        "image_count": len(prepared.images),
+        "input_audio_seconds": round(whole.audio_seconds, 3),
+        "padded_silence_seconds": whole.padded_silence_seconds,
+        "image_count": len(whole.images),
         "segments": 1,
         **{f"est_{name}_tokens": value for name, value in estimate.as_dict().items()},
         "est_cost": est_cost,
@@ -290,16 +375,48 @@ async def session(
         target_language=plan.target_language,
         source_language=plan.source_language,
         chunk_bytes=round(config.chunk_ms * INPUT_BYTES_PER_SECOND / 1000 / 2) * 2,
+        session_options={"tools": ctx.toolbox.declarations(ready.tools)} if ready.tools and ctx.toolbox else {},
+        turns=ready.turns,
     )
-    settings = replace(ctx.client, session_timeout=item_timeout_for(config, plan.model, prepared.audio_seconds))
+    session_timeout = item_timeout_for(config, plan.model, whole.audio_seconds)
+    if ready.tools and config.item_timeout is None:  # every tool round may take its whole timeout
+        rounds = len(request.all_turns) * config.max_tool_rounds * config.tool_timeout
+        session_timeout = min(session_timeout + rounds, plan.model.session_lifetime_seconds - SESSION_LIFETIME_MARGIN)
+    settings = replace(ctx.client, session_timeout=session_timeout)
     if event_log is not None:
         settings = replace(settings, event_log=lambda direction, event: event_log(item.id, direction, event))
+    toolbox, offered = ctx.toolbox, ready.tools
+
+    async def run_tool(call: FunctionCall, turn: int) -> ToolOutput:
+        assert toolbox is not None
+        return await toolbox.answer(call, offered)
+
+    failed_tokens: int | None = carried_tokens or None  # billed by attempts that left no row (earlier runs)
+    attempts = 0
+
+    def on_turn(turn: TurnOutput) -> None:
+        """A turn of a conversation is done: journal how far it got."""
+        if record_partial is None:
+            return
+        done_turns.append(turn)
+        billed = (failed_tokens or 0) + sum(t.usage.total_tokens for t in done_turns if t.usage)
+        row = results.ResultRow.from_item(
+            item,
+            results.STATUS_PARTIAL,
+            attempts=attempts,
+            failed_attempt_tokens=billed,
+            **{**known, "notes": [*known["notes"], _partial_note(turn.index, len(request.all_turns))]},
+            turns=[conversation.turn_record(t, wav=None, audio_seconds=None) for t in done_turns],
+            tool_calls=[conversation.tool_call_record(c) for t in done_turns for c in t.tool_calls],
+        )
+        record_partial(row.to_record())
+
+    done_turns: list[TurnOutput] = []
 
     policy = ctx.retry
     delays = backoff_delays(base=policy.base_delay, cap=policy.max_delay)
     throttle_delays = backoff_delays(base=policy.throttle_base_delay, cap=policy.throttle_max_delay)
-    attempts = failures = throttled = unreachable = 0
-    failed_tokens: int | None = None
+    failures = throttled = unreachable = 0
     host = host_of(url_for(settings.base_url, plan.model.name, settings.workspace))
     while True:
         # both raise once the run stops (AdmissionClosed) or the outage outlasts --max-outage
@@ -308,7 +425,14 @@ async def session(
         try:
             reservation = await limiter.acquire(tokens=estimate.total, cost=est_cost or 0.0)
             attempts += 1
-            result = await run_turn(request, settings)
+            done_turns.clear()
+            result = await run_turn(
+                request,
+                settings,
+                tool_runner=run_tool if ready.tools else None,
+                max_tool_rounds=config.max_tool_rounds,
+                on_turn=on_turn if ready.turns else None,
+            )
         except BatchQwenError as exc:
             failure = exc
         else:
@@ -430,8 +554,70 @@ async def session(
     row.first_text_seconds = result.first_text_seconds
     row.first_audio_seconds = result.first_audio_seconds
     row.total_seconds = result.total_seconds
+    await _tools_and_turns(row, result, ready, ctx, secrets)
     row.finished_at = _now()
     return row
+
+
+def _partial_note(turn: int, turns: int) -> str:
+    return f"conversation journaled after turn {turn} of {turns}: stopped here, it runs again whole"
+
+
+async def _store_wav(out_dir: Path, path: Path, pcm: bytes, rate: int) -> str:
+    """Write one answer WAV; its path relative to OUT. OutputUnwritable when the disk is full or read-only;
+    any other failure is the row's (BatchQwenError / OSError)."""
+    try:
+        await asyncio.to_thread(results.write_wav_atomic, path, media.pcm_to_wav(pcm, rate))
+    except OSError as exc:
+        if exc.errno in results.DISK_FULL_ERRNOS:  # the disk, not the item: stop; this item runs again
+            raise OutputUnwritable(f"cannot store {path}: {exc.strerror or exc}") from exc
+        raise
+    return results.relative_to_out(out_dir, path)
+
+
+async def _tools_and_turns(
+    row: results.ResultRow, result: TurnResult, ready: ReadyItem, ctx: ItemContext, secrets: list[str]
+) -> None:
+    """Onto a finished row: every tool call, a conversation's turns with their WAVs, the --extract
+    arguments; a turn stopped by --max-tool-rounds or an extraction that fails makes the row failed, with
+    all of it still recorded."""
+    calls = [call for turn in result.turns for call in turn.tool_calls]
+    row.tool_calls = [conversation.tool_call_record(call) for call in calls]
+    for record in row.tool_calls:  # a tool's exception text could hold anything, the key too
+        if record["error"]:
+            record["error"] = results.redact(record["error"], secrets)
+    if ready.turns:
+        rate = ready.plan.model.output_sample_rate
+        records = []
+        for turn in result.turns:
+            wav, seconds = None, None
+            if turn.output_pcm and row.status == results.STATUS_OK:
+                try:
+                    path = results.turn_wav_path(ctx.out_dir, row.id, turn.index)
+                    wav = await _store_wav(ctx.out_dir, path, turn.output_pcm, rate)
+                except (OSError, BatchQwenError) as exc:
+                    if isinstance(exc, OutputUnwritable):
+                        raise
+                    row.status = results.STATUS_FAILED
+                    row.error_type, row.error_code = "output", None
+                    row.error_message = results.redact(f"cannot write the WAV of turn {turn.index}: {exc}", secrets)
+                else:
+                    seconds = round(len(turn.output_pcm) / (2 * rate), 3)
+            records.append(conversation.turn_record(turn, wav=wav, audio_seconds=seconds))
+        row.turns = records
+    problem: BatchQwenError | None = None
+    if result.tool_round_limit:
+        problem = ToolRoundsExceeded(result.tool_round_limit)
+    elif ctx.extraction is not None:
+        try:
+            row.extracted_arguments = ctx.extraction.final_arguments(calls)
+            row.extracted_tool = ctx.extraction.tool
+        except ExtractError as exc:
+            problem = exc
+    if problem is not None and row.status == results.STATUS_OK:
+        row.status = results.STATUS_FAILED
+        for key, value in results.error_fields(problem, secrets=secrets).items():
+            setattr(row, key, value)
 
 
 async def _unavailable_row(item: Item, model: str, cause: ServerError, secrets: list[str]) -> results.ResultRow:
@@ -466,6 +652,45 @@ class EventLog:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._file.close()
+
+
+class PartialRecords:
+    """One conversation's ``partial`` journal records, written in order off the event loop while its session
+    goes on; :meth:`flush` waits for them (before the item's final record, which must come last)."""
+
+    def __init__(self, journal: results.Journal, done: results.JournalIndex) -> None:
+        self._journal = journal
+        self._done = done
+        self._last: asyncio.Task[None] | None = None
+
+    def add(self, record: dict[str, Any]) -> None:
+        self._last = asyncio.create_task(self._write(self._last, record))
+
+    async def _write(self, previous: asyncio.Task[None] | None, record: dict[str, Any]) -> None:
+        if previous is not None:
+            await asyncio.wait((previous,))
+        try:
+            offset = await asyncio.to_thread(self._journal.append, record)
+        except OutputUnwritable as exc:  # progress only: the final record says whether the disk is gone
+            log.warning("item %s: could not journal its progress: %s", record.get("id"), exc)
+            return
+        self._done.note(record, offset)
+
+    async def flush(self) -> None:
+        if self._last is not None:
+            await asyncio.wait((self._last,))
+
+
+def carried_tokens(done: results.JournalIndex, item: Item) -> int:
+    """Tokens billed to a conversation of this content that an earlier run left half-done (its ``partial``
+    record): they count again in the rerun's ``failed_attempt_tokens``."""
+    entry = done.entries.get(item.id)
+    if entry is None or entry.status != results.STATUS_PARTIAL or entry.content_hash != item.content_hash:
+        return 0
+    try:
+        return int(done[item.id].get("failed_attempt_tokens") or 0)
+    except (KeyError, TypeError, ValueError):
+        return 0
 
 
 class Progress:
@@ -663,6 +888,21 @@ def _decoder_pool(processes: int) -> ProcessPoolExecutor | None:
     return pool
 
 
+def load_run_tools(config: RunConfig) -> tuple[tools.Toolbox | None, Extraction | None]:
+    """``--tools`` and ``--extract`` of a run, checked before any session (UsageError: exit 2): the file
+    loads, the default model takes tools, the extract tool exists and has properties."""
+    from batchqwen.extract import extraction_for
+
+    if config.tools is None:
+        if config.extract is not None:
+            raise UsageError("--extract needs --tools (the tool whose arguments become columns)")
+        return None, None
+    tools.check_tool_model(get_model(config.model))
+    toolbox = tools.load_tools(config.tools, canned_output=config.tool_output, timeout=config.tool_timeout)
+    extraction = extraction_for(toolbox, config.extract) if config.extract is not None else None
+    return toolbox, extraction
+
+
 def _estimated_cost_already_done(config: RunConfig, done: results.JournalIndex) -> float:
     """The estimated cost of the items in scope that are already ok with unchanged content."""
     total = 0.0
@@ -680,12 +920,14 @@ async def run(
     window: float = 60.0,
     window_margin: float = 0.5,
     checkpoint_seconds: float = 30.0,
+    loaded_tools: tuple[tools.Toolbox | None, Extraction | None] | None = None,
 ) -> RunOutcome:
     """Run a whole manifest. Raises ManifestError / UsageError / LockHeld before any session opens.
 
     ``window`` is the length of the service's rate-limit window (RPM/TPM count over it), ``window_margin``
     what the limiter adds to it against clock skew and connect latency; ``checkpoint_seconds`` how often
-    results.parquet is rewritten (atomically) while the run goes on.
+    results.parquet is rewritten (atomically) while the run goes on. ``loaded_tools`` is what
+    :func:`load_run_tools` gave for this config (the CLI loads them first, to refuse a bad file early).
     """
     started = time.monotonic()
     summary_check = manifest.check_manifest(config.manifest)
@@ -700,6 +942,7 @@ async def run(
             window=window,
             window_margin=window_margin,
             checkpoint_seconds=checkpoint_seconds,
+            loaded_tools=loaded_tools,
         )
 
 
@@ -712,6 +955,7 @@ async def _run_locked(
     window: float,
     window_margin: float,
     checkpoint_seconds: float,
+    loaded_tools: tuple[tools.Toolbox | None, Extraction | None] | None = None,
 ) -> RunOutcome:
     out = config.out
     prices = cost.load_prices(config.prices)
@@ -728,6 +972,8 @@ async def _run_locked(
     environment_failed: list[str] = []  # set when the stop was the environment's: an outage, a full disk
     run_events = RunEvents(out, secrets)
     exit_signal: list[int] = []
+    # a bad tools file is exit 2, before any session
+    toolbox, extraction = loaded_tools if loaded_tools is not None else load_run_tools(config)
 
     if config.max_cost is not None:
         from batchqwen.estimate import estimate_manifest
@@ -748,6 +994,9 @@ async def _run_locked(
             voice=config.voice,
             target_language=config.translate_to,
             source_language=config.source_language,
+            tools=toolbox.catalog if toolbox is not None else None,
+            tool_rounds=config.assume_tool_rounds,
+            extract=config.extract,
             split=config.split,
             pace=config.pace,
         )
@@ -765,14 +1014,28 @@ async def _run_locked(
 
     def checkpoint(on_row: Callable[[Mapping[str, Any]], None] | None = None) -> Path:
         return results.write_results(
-            out, manifest.iter_items(config.manifest), done, checked.passthrough_columns, on_row=on_row
+            out,
+            manifest.iter_items(config.manifest),
+            done,
+            checked.passthrough_columns,
+            on_row=on_row,
+            extraction=extraction,
         )
 
     if done:  # a resumed run: results.parquet reflects the journal from the start
         await asyncio.to_thread(checkpoint)
 
     async with _endpoint(config) as (url, api_key):
-        ctx = ItemContext(config, client_settings(config, url, api_key), prices, output, out, retry)
+        ctx = ItemContext(
+            config,
+            client_settings(config, url, api_key),
+            prices,
+            output,
+            out,
+            retry,
+            toolbox=toolbox,
+            extraction=extraction,
+        )
         items = _pending_items(manifest.iter_items(config.manifest, limit=config.limit), done, progress, counters)
         in_flight: set[asyncio.Task[results.ResultRow]] = set()
         stopping = asyncio.Event()
@@ -896,14 +1159,6 @@ async def _run_locked(
         # model name -> why the service refused it (Model.NotExist, unpurchased): its other items fail at once
         unavailable: dict[str, ServerError] = {}
 
-        async def journal_progress(partial: results.ResultRow, *, carried: int) -> None:
-            """A half-done long recording on record (pending, what it was billed so far), durable on disk."""
-            if carried:
-                partial.failed_attempt_tokens = (partial.failed_attempt_tokens or 0) + carried
-            record = partial.to_record()
-            offset = await asyncio.to_thread(journal.append, record)  # OutputUnwritable stops the run
-            done.note(record, offset)
-
         async def worker() -> None:
             while not stopping.is_set():
                 ready = await ahead.get()
@@ -911,20 +1166,17 @@ async def _run_locked(
                     return
                 item = ready.item if isinstance(ready, ReadyItem) else None
                 model_name = (item.model or config.model).strip() if item is not None else ""
-                # tokens billed by this item's earlier, unfinished runs (failed attempts, segments of a
-                # half-done recording): still spent, so its new row counts them
-                subject = ready if isinstance(ready, results.ResultRow) else ready.item
-                key, content = subject.id, subject.content_hash
-                before = done.entries.get(key)
-                carried = 0
-                if before is not None and before.status != results.STATUS_OK and before.content_hash == content:
-                    carried = await asyncio.to_thread(done.billed_before, before)
                 work: Coroutine[Any, Any, results.ResultRow]
+                partial: PartialRecords | None = None
                 if isinstance(ready, results.ResultRow):
                     work = _already(ready)  # refused before any session: a row as it is
                 elif model_name in unavailable:
                     work = _unavailable_row(ready.item, model_name, unavailable[model_name], secrets)
                 else:
+                    # a conversation or a long recording journals how far it got, and counts what an
+                    # earlier run of it left half-done
+                    halves = bool(ready.turns) or ready.recording is not None
+                    partial = PartialRecords(journal, done) if halves else None
                     work = session(
                         ready,
                         ctx,
@@ -932,12 +1184,15 @@ async def _run_locked(
                         event_log=event_log,
                         breaker=breaker,
                         run_events=run_events,
-                        progress=functools.partial(journal_progress, carried=carried),
+                        carried_tokens=carried_tokens(done, ready.item) if halves else 0,
+                        record_partial=partial.add if partial is not None else None,
                     )
                 task = asyncio.create_task(work)
                 in_flight.add(task)
                 try:
                     row = await task
+                    if partial is not None:
+                        await partial.flush()  # the final record goes after every partial one
                 except FatalRunError as exc:
                     message = results.redact(str(exc.cause), secrets)
                     if not stopping.is_set():
@@ -964,8 +1219,6 @@ async def _run_locked(
                     raise
                 finally:
                     in_flight.discard(task)
-                if carried:
-                    row.failed_attempt_tokens = (row.failed_attempt_tokens or 0) + carried
                 if row.error_code in MODEL_UNAVAILABLE_CODES and row.error_type != ModelUnavailable.kind:
                     if model_name not in unavailable:
                         log.error(
@@ -1017,6 +1270,8 @@ async def _run_locked(
                 decoder.shutdown(wait=False, cancel_futures=True)
             longaudio.clear_spool(out)  # long recordings prepared and never run
             progress.close()
+            if toolbox is not None:
+                toolbox.close()
             breaker_summary = breaker.summary()
             journal.close()
             if event_log is not None:

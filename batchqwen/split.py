@@ -45,7 +45,7 @@ from batchqwen.cost import OutputAssumption, estimate_tokens
 from batchqwen.errors import InputTooLong
 from batchqwen.items import INPUT_SAMPLE_RATE, Item
 from batchqwen.models import ModelInfo, audio_tokens
-from batchqwen.results import STATUS_FAILED, STATUS_OK, STATUS_PENDING, ResultRow
+from batchqwen.results import STATUS_FAILED, STATUS_OK, STATUS_PARTIAL, ResultRow
 from batchqwen.vad import FRAME_MS, Cut, best_cut
 
 SplitMode = Literal["auto", "never"]
@@ -273,15 +273,16 @@ def merge_rows(
     rows: Sequence[ResultRow],
     *,
     notes: Sequence[str],
-    pending: bool = False,
+    partial: bool = False,
 ) -> ResultRow:
     """The item's one row from its segments' rows, in order (the last may have failed; later segments
     then have no row): transcripts and answers joined in order, utterance times shifted to the item's
     timeline, usage, tokens and cost summed, ``segments`` the number of segments.
 
     A failed segment fails the item, with that segment's error (its place named) and every token billed so
-    far in ``failed_attempt_tokens``; the answers of the segments before it are kept. ``pending``: the
-    record of a half-done item while it runs (nothing billed is forgotten if the run stops now).
+    far in ``failed_attempt_tokens``; the answers of the segments before it are kept. ``partial``: the
+    record of a half-done item while it runs (nothing billed is forgotten if the run stops now). Tool calls
+    are joined in order; the extracted arguments are the last segment's that has them.
     """
     first = rows[0]
     count = len(segments)
@@ -325,7 +326,11 @@ def merge_rows(
     for name in _ESTIMATE_COLUMNS:
         setattr(row, name, _total([getattr(r, name) for r in rows]))
     row.est_cost = None if any(r.est_cost is None for r in rows) else sum(r.est_cost or 0.0 for r in rows)
-    if failed is None and not pending and len(rows) == count:
+    row.tool_calls = [call for r in rows for call in r.tool_calls]
+    extracted = [r for r in rows if r.extracted_tool]
+    if extracted:
+        row.extracted_tool, row.extracted_arguments = extracted[-1].extracted_tool, extracted[-1].extracted_arguments
+    if failed is None and not partial and len(rows) == count:
         for name in _USAGE_COLUMNS:
             setattr(row, name, _total([getattr(r, name) for r in rows]))
         row.failed_attempt_tokens = _total([r.failed_attempt_tokens for r in rows])
@@ -338,8 +343,8 @@ def merge_rows(
     row.failed_attempt_tokens = billed_tokens(rows)
     row.output_audio_seconds = _sum_float([r.output_audio_seconds for r in done])
     answered = f"segments 1-{len(done)} of {count} answered" if done else f"no segment of {count} answered"
-    if pending:
-        row.status = STATUS_PENDING
+    if partial:
+        row.status = STATUS_PARTIAL
         row.notes.append(f"{answered}; the item is not finished: if the run stops now it runs again whole")
         return row
     assert failed is not None

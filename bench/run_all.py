@@ -141,10 +141,17 @@ def main() -> None:
     report_args = [str(HERE / "bench_report.py"), "--items", "10000" if q else "100000"]
     reported = subprocess.run([sys.executable, *report_args], capture_output=True, text=True, check=True, cwd=ROOT)
     section("9. The HTML report at scale (bench/bench_report.py)", reported.stdout)
-    print("10. a 70-minute recording ...", file=sys.stderr, flush=True)
+    print("10. tools and conversations ...", file=sys.stderr, flush=True)
+    tool_args = [str(HERE / "bench_tools.py")] + (["--calls", "320", "--items", "8"] if q else [])
+    tooled = subprocess.run([sys.executable, *tool_args], capture_output=True, text=True, check=True, cwd=ROOT)
+    section(
+        "10. Tools and conversations (bench/bench_tools.py; the simulator in the same process here)",
+        tooled.stdout.split("\n", 2)[2].strip(),  # without its machine line: the page has one
+    )
+    print("11. a 70-minute recording ...", file=sys.stderr, flush=True)
     long_args = [str(HERE / "bench_long.py"), "--formats", "wav" if q else "wav,flac", *([] if q else ["--before"])]
     longer = subprocess.run([sys.executable, *long_args], capture_output=True, text=True, check=True, cwd=ROOT)
-    section("10. A 70-minute recording, split at pauses and run (bench/bench_long.py)", f"```\n{longer.stdout}```")
+    section("11. A 70-minute recording, split at pauses and run (bench/bench_long.py)", f"```\n{longer.stdout}```")
 
     info = machine()
     command = ".venv/bin/python bench/run_all.py" + (" --quick" if q else "")

@@ -257,8 +257,8 @@ def test_a_failed_segment_fails_the_item_with_its_place_and_everything_billed() 
     assert row.failed_attempt_tokens == 1700  # the first segment's usage and the failed attempts
     assert row.usage_total_tokens is None and row.cost is None  # billed, but not an ok row's usage
     assert row.input_transcript == "first part"  # paid for: kept
-    pending = split.merge_rows(item, segments, [ok], notes=["split"], pending=True)
-    assert pending.status == "pending" and pending.failed_attempt_tokens == 1300
+    half = split.merge_rows(item, segments, [ok], notes=["split"], partial=True)
+    assert half.status == "partial" and half.failed_attempt_tokens == 1300
 
 
 # ----------------------------------------------------------------------------- against the simulator
@@ -370,7 +370,7 @@ def test_a_long_recording_is_split_at_its_pauses_and_run_one_session_a_segment(
     assert sorted(p.name for p in (out / "audio").iterdir()) == ["meeting.wav", "short.wav"]
     assert not (out / longaudio.SPOOL_DIR).exists()
     journal = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
-    assert [r["status"] for r in journal if r["id"] == "meeting"] == ["pending", "pending", "ok"]
+    assert [r["status"] for r in journal if r["id"] == "meeting"] == ["partial", "partial", "ok"]
 
 
 def test_split_never_fails_before_any_connection(
@@ -425,7 +425,7 @@ def test_a_run_killed_between_segments_resumes_whole_and_counts_what_was_billed(
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and proc.poll() is None:
-                if journal.exists() and b'"pending"' in journal.read_bytes():
+                if journal.exists() and b'"partial"' in journal.read_bytes():
                     break
                 time.sleep(0.02)
             assert proc.poll() is None, "the run ended before it could be killed"
@@ -433,7 +433,7 @@ def test_a_run_killed_between_segments_resumes_whole_and_counts_what_was_billed(
         finally:
             proc.wait(10)
         (record,) = [json.loads(line) for line in journal.read_text().splitlines()]
-        assert record["status"] == "pending" and record["segments"] == 3
+        assert record["status"] == "partial" and record["segments"] == 3
         billed = record["failed_attempt_tokens"]
         assert billed > 0 and (out / longaudio.SPOOL_DIR).exists()  # the killed run's spool, left behind
         sessions_before = sim.stats.sessions

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ from batchqwen.errors import (
     TimedOut,
     UsageError,
 )
-from batchqwen.items import TurnRequest, TurnResult
+from batchqwen.items import TurnOutput, TurnRequest, TurnResult
 from batchqwen.realtime.events import (
     InputAudioBufferAppend,
     InputImageBufferAppend,
@@ -38,11 +38,22 @@ from batchqwen.realtime.events import (
     to_json,
 )
 from batchqwen.realtime.gateways import LEGACY_HOSTS, gateway_url, host_of, normalize_region
-from batchqwen.realtime.protocol import DEFAULT_TRANSCRIPT_GRACE, ClientTurn, State, ToolHandler
+from batchqwen.realtime.protocol import (
+    DEFAULT_TRANSCRIPT_GRACE,
+    ClientTurn,
+    FunctionCall,
+    State,
+    ToolHandler,
+    ToolOutput,
+)
 
 _USER_AGENT = f"batchqwen/{__version__}"
 
 EventLog = Callable[[str, dict[str, Any]], None]
+#: runs one function call off the protocol core (the turn number is 1-based) and says what answered it
+ToolRunner = Callable[[FunctionCall, int], Awaitable[ToolOutput]]
+#: told of every turn of a conversation once its last response is done (all but the session's last)
+TurnObserver = Callable[[TurnOutput], None]
 
 _LAST_LOOK_SECONDS = 0.05  # after a timeout, how long to look for frames that were already on their way
 
@@ -177,13 +188,33 @@ async def _close(ws: ClientConnection) -> None:
             closing.exception()  # retrieved: a failed close is not the item's failure
 
 
+def _broken_runner(exc: BaseException) -> ToolOutput:
+    """A tool runner that raised instead of answering: the model still gets an answer, the row the error."""
+    if isinstance(exc, asyncio.CancelledError):
+        raise exc
+    message = f"{type(exc).__name__}: {exc}"
+    return ToolOutput(json.dumps({"error": {"type": "tool_runner", "message": message}}), error=message)
+
+
 class _Pump:
     """The two tasks of one session around one core; all state lives here or in the core."""
 
-    def __init__(self, ws: ClientConnection, core: ClientTurn, settings: ClientSettings, start: float):
+    def __init__(
+        self,
+        ws: ClientConnection,
+        core: ClientTurn,
+        settings: ClientSettings,
+        start: float,
+        *,
+        tool_runner: ToolRunner | None = None,
+        on_turn: TurnObserver | None = None,
+    ):
         self.ws = ws
         self.core = core
         self.settings = settings
+        self.tool_runner = tool_runner
+        self.on_turn = on_turn
+        self.turns_told = 0
         self.loop = asyncio.get_running_loop()
         self.start = start
         self.session_deadline = start + settings.session_timeout
@@ -289,6 +320,7 @@ class _Pump:
                 if log is not None:
                     log("received", redact_event(data))
                 core.receive(event, now - self.start)
+                self._tell_turns()
             except ProtocolError as exc:
                 if core.completed:  # the result is whole: an odd trailing frame just ends the session
                     core.connection_lost()
@@ -298,15 +330,39 @@ class _Pump:
             self.wake.set()
         self.wake.set()
 
+    def _tell_turns(self) -> None:
+        core = self.core
+        count = core.finished_turn_count - (1 if core.completed else 0)  # the last turn is the result itself
+        if self.on_turn is None or count <= self.turns_told:
+            return
+        for turn in core.finished_turns[self.turns_told : count]:
+            self.on_turn(turn)
+        self.turns_told = count
+
+    async def _run_tools(self) -> None:
+        """Run the calls the core hands over (all of one response at once) and give it their outputs."""
+        core = self.core
+        assert self.tool_runner is not None
+        calls, turn = list(core.pending_calls), core.current_turn
+        answers = await asyncio.gather(*(self.tool_runner(call, turn) for call in calls), return_exceptions=True)
+        outputs = [answer if isinstance(answer, ToolOutput) else _broken_runner(answer) for answer in answers]
+        core.provide_tool_outputs(outputs)  # ignored when the core failed meanwhile
+        self.wake.set()
+
     # ------------------------------------------------------------------ sending
 
     async def _send_loop(self) -> None:
         core, ws, loop, log = self.core, self.ws, self.loop, self.settings.event_log
         pace = self.settings.pace
         stream_start: float | None = None
+        stream_turn = 1
         sent = 0
         while True:
             out = core.next_event()
+            if out is None and core.state is State.AWAIT_TOOLS and self.tool_runner is not None:
+                self.sending = True  # our tools are working: the service owes nothing meanwhile
+                await self._run_tools()
+                continue
             if out is None:
                 self.sending = False
                 self.last_activity = loop.time()  # from now on, the silence is the service's
@@ -318,6 +374,8 @@ class _Pump:
             self.sending = True
             event = out.event
             if pace > 0 and isinstance(event, InputAudioBufferAppend | InputImageBufferAppend):
+                if out.turn != stream_turn:  # each turn's audio is paced from its own start
+                    stream_start, stream_turn = None, out.turn
                 if stream_start is None:
                     stream_start = loop.time() - out.at_seconds / pace
                 delay = stream_start + out.at_seconds / pace - loop.time()
@@ -338,21 +396,37 @@ class _Pump:
 
 
 async def run_turn(
-    request: TurnRequest, settings: ClientSettings, *, tool_handler: ToolHandler | None = None
+    request: TurnRequest,
+    settings: ClientSettings,
+    *,
+    tool_handler: ToolHandler | None = None,
+    tool_runner: ToolRunner | None = None,
+    max_tool_rounds: int | None = None,
+    on_turn: TurnObserver | None = None,
 ) -> TurnResult:
     """Run one item's realtime session end to end and return what came back, with latencies.
+
+    Function calls go to ``tool_runner`` (awaited, every call of a response at once; the service's
+    silence is not counted meanwhile) or, synchronously, to ``tool_handler``; ``max_tool_rounds`` bounds
+    the rounds of each turn. ``on_turn`` hears of every turn of a conversation but the last as it ends.
 
     Raises HandshakeRejected, ConnectionDropped, TimedOut, ServerError or ProtocolError (all from
     :mod:`batchqwen.errors`); a rejected or unanswered ``session.finish`` is not a failure.
     """
-    core = ClientTurn(request, transcript_grace=settings.transcript_grace, tool_handler=tool_handler)
+    core = ClientTurn(
+        request,
+        transcript_grace=settings.transcript_grace,
+        tool_handler=tool_handler,
+        defer_tools=tool_runner is not None,
+        max_tool_rounds=max_tool_rounds,
+    )
     url = url_for(settings.base_url, request.model.name, settings.workspace)
     loop = asyncio.get_running_loop()
     start = loop.time()
     ws = await _open(url, settings)
     connect_seconds = loop.time() - start
     try:
-        await _Pump(ws, core, settings, start).run()
+        await _Pump(ws, core, settings, start, tool_runner=tool_runner, on_turn=on_turn).run()
     except BatchQwenError as exc:
         exc.usage = core.usage  # a timeout after billed responses: what the attempt was billed
         raise
