@@ -115,7 +115,133 @@ def main() -> None:
     """Batch runner for the Qwen-Omni Realtime API, with a local simulator."""
 
 
-_manifest_arg = click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+_manifest_arg = click.argument("manifest", metavar="MANIFEST")
+
+
+def _storage_options(func: Any) -> Any:
+    """Where remote manifests, media and outputs are read and written (docs/storage.md)."""
+    options = [
+        click.option(
+            "--s3-endpoint",
+            default=None,
+            metavar="URL",
+            help="S3-compatible endpoint (Alibaba Cloud OSS, MinIO, ...); default: $AWS_ENDPOINT_URL_S3,"
+            " $AWS_ENDPOINT_URL, else AWS. Credentials: the AWS environment variables, profiles or roles.",
+        ),
+        click.option("--s3-region", default=None, help="The bucket's region (default: $AWS_REGION, the profile's)."),
+        click.option("--s3-virtual-hosted", is_flag=True, help="Address buckets as bucket.endpoint (OSS needs it)."),
+        click.option(
+            "--ca-bundle",
+            type=click.Path(path_type=Path, dir_okay=False, exists=True),
+            default=None,
+            help="CA certificates (PEM) for HTTPS media and an https S3 endpoint (default: $SSL_CERT_FILE, certifi).",
+        ),
+        click.option(
+            "--allow-local-media",
+            is_flag=True,
+            help="Let a manifest read from a bucket or URL name local files (refused by default).",
+        ),
+        click.option(
+            "--allow-private-urls",
+            is_flag=True,
+            help="Let URL media be on loopback, private or link-local addresses (refused by default).",
+        ),
+        click.option(
+            "--delimiter",
+            default=None,
+            metavar="DELIM",
+            callback=lambda ctx, param, value: _delimiter(value),
+            help="CSV delimiter: comma, semicolon, tab, pipe or one character (default: detected from the header:"
+            " comma, semicolon or tab).",
+        ),
+        click.option(
+            "--cache-dir",
+            type=click.Path(path_type=Path, file_okay=False),
+            default=None,
+            help="Where remote media are downloaded during a run (default: the system temp folder).",
+        ),
+        click.option(
+            "--cache-size",
+            default="2G",
+            show_default=True,
+            help="At most this much downloaded media on disk at once (e.g. 500M, 4G).",
+        ),
+        click.option(
+            "--fetch-attempts",
+            type=click.IntRange(1, 20),
+            default=5,
+            show_default=True,
+            help="Tries of a remote read or upload on transient errors (backoff with jitter).",
+        ),
+        click.option(
+            "--fetch-timeout",
+            type=click.FloatRange(min=0.1),
+            default=30.0,
+            show_default=True,
+            help="Seconds to connect to storage, and of silence while reading from it.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _delimiter(value: str | None) -> str | None:
+    if value is None:
+        return None
+    named = {"comma": ",", "semicolon": ";", "tab": "\t", "pipe": "|", "\\t": "\t"}.get(value.strip().lower(), value)
+    if len(named) != 1 or named in '"\r\n':
+        raise click.BadParameter(f"{value!r} is not comma, semicolon, tab, pipe or a single character")
+    return named
+
+
+def _storage_config(options: dict[str, Any]) -> Any:
+    from batchqwen.storage.fetch import StorageOptions, parse_size
+
+    return StorageOptions(
+        s3_endpoint=options["s3_endpoint"],
+        s3_region=options["s3_region"],
+        s3_virtual_hosted=options["s3_virtual_hosted"],
+        ca_bundle=options["ca_bundle"],
+        allow_local_media=options["allow_local_media"],
+        allow_private_urls=options["allow_private_urls"],
+        timeout=options["fetch_timeout"],
+        attempts=options["fetch_attempts"],
+        cache_dir=options["cache_dir"],
+        cache_bytes=parse_size(options["cache_size"]),
+    )
+
+
+def _open_manifest(text: str, storage: Any, options: dict[str, Any], folder: Path) -> tuple[Path, Any]:
+    """The manifest on disk (a remote one downloaded into ``folder``) and how to read it."""
+    from batchqwen.manifest import ManifestOptions
+    from batchqwen.storage.fetch import fetch_manifest
+    from batchqwen.storage.locations import Remote, parse_location
+
+    delimiter = options["delimiter"]
+    where = parse_location(text)
+    if isinstance(where, Remote):
+        local = fetch_manifest(where, folder, storage)
+        return local, ManifestOptions(delimiter, where.url, storage.allow_local_media)
+    return where, ManifestOptions(delimiter)
+
+
+def _scratch_dir(prefix: str) -> Path:
+    """A temporary folder for this command (a downloaded manifest), removed when the process exits."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def _manifest_stem(text: str) -> str:
+    from batchqwen.storage.locations import Remote, parse_location
+
+    where = parse_location(text)
+    return Path(where.name if isinstance(where, Remote) else where).stem or "manifest"
 
 
 def _shared_options(func: Any) -> Any:
@@ -123,9 +249,8 @@ def _shared_options(func: Any) -> Any:
         click.option(
             "--out",
             "-o",
-            type=click.Path(path_type=Path, file_okay=False),
             default=None,
-            help="Output folder (default: out/<manifest name>).",
+            help="Output folder, or s3://bucket/prefix (default: out/<manifest name>).",
         ),
         click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Default model for rows without one."),
         click.option("--voice", default=None, help="Default voice (default: the model's)."),
@@ -190,6 +315,14 @@ def _shared_options(func: Any) -> Any:
             " The count and the size of frames, hence the estimate, are the same in both.",
         ),
         click.option(
+            "--image-frames",
+            type=click.Choice(["first", "all"]),
+            default="first",
+            show_default=True,
+            help="Animated GIF/WebP/PNG and multi-page TIFF: send the first frame (the row's notes say how many"
+            " there were) or all, as far as the model's images a second of audio allow (the rest dropped, noted).",
+        ),
+        click.option(
             "--tools",
             type=click.Path(path_type=Path, dir_okay=False),
             default=None,
@@ -232,13 +365,28 @@ def _shared_options(func: Any) -> Any:
     return func
 
 
-def _default_out(manifest: Path) -> Path:
-    return Path("out") / manifest.stem
+def _default_out(manifest: str) -> str:
+    return str(Path("out") / _manifest_stem(manifest))
 
 
 @main.command()
 @_manifest_arg
 @_shared_options
+@_storage_options
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="With --out s3://...: the local folder of the journal and the run lock (default: one per output URL"
+    " under ~/.local/state/batchqwen).",
+)
+@click.option(
+    "--checkpoint-seconds",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    help="How often results.parquet is rewritten and a remote --out is synced while the run goes on.",
+)
 @click.option(
     "--concurrency", "-c", type=click.IntRange(1, 1024), default=8, show_default=True, help="Sessions open at once."
 )
@@ -357,7 +505,7 @@ def _default_out(manifest: Path) -> Path:
     show_default=True,
     help="Tool rounds per turn; a model asking for more fails its item (its calls recorded).",
 )
-def run(manifest: Path, out: Path | None, **options: Any) -> None:
+def run(manifest: str, out: str | None, **options: Any) -> None:
     """Run every item of MANIFEST (CSV, JSONL or Parquet) through a realtime session.
 
     Results go to OUT/results.parquet, speech to OUT/audio/, a summary to OUT/summary.json. Running again
@@ -367,10 +515,13 @@ def run(manifest: Path, out: Path | None, **options: Any) -> None:
     4 the environment failed (service unreachable past --max-outage, output disk full; the rest stays
     pending), 130/143 interrupted.
     """
-    out = out or _default_out(manifest)
+    out = out or _call(_default_out, manifest)
     if options["dry_run"]:
         _estimate(manifest, out, options)
         return
+    from batchqwen.storage.locations import Remote, parse_location
+    from batchqwen.storage.outputs import state_dir_for
+
     api_key = options["api_key"]
     _call(_setup_logging, quiet=options["quiet"], log_file=options["log_file"], secrets=[api_key] if api_key else [])
     if not api_key and not options["simulate"]:
@@ -381,10 +532,23 @@ def run(manifest: Path, out: Path | None, **options: Any) -> None:
         )
     modalities = _modalities(options["modalities"])
     assert modalities is not None
+    storage = _call(_storage_config, options)
+    out_where = _call(parse_location, out)
+    remote_out = out_where if isinstance(out_where, Remote) else None
+    if remote_out is not None and not remote_out.is_object:
+        _fail(f"--out {remote_out}: a remote output folder must be s3:// or gs://", EXIT_USAGE)
+    local_out = state_dir_for(remote_out, options["state_dir"]) if remote_out else out_where
+    assert isinstance(local_out, Path)
+    downloads = _scratch_dir("batchqwen-manifest-")
+    manifest_path, manifest_options = _call(_open_manifest, manifest, storage, options, downloads)
     config = _call(
         RunConfig,
-        manifest=manifest,
-        out=out,
+        manifest=manifest_path,
+        out=local_out,
+        manifest_options=manifest_options,
+        storage=storage,
+        remote_out=remote_out.url if remote_out else None,
+        checkpoint_seconds=options["checkpoint_seconds"],
         model=options["model"],
         voice=options["voice"],
         modalities=modalities,
@@ -406,6 +570,7 @@ def run(manifest: Path, out: Path | None, **options: Any) -> None:
         prices=options["prices"],
         video_fps=options["video_fps"],
         video_frames=options["video_frames"],
+        image_frames=options["image_frames"],
         pad_silence_seconds=options["pad_silence"],
         split=options["split"],
         transcribe_input=not options["no_transcription"],
@@ -440,14 +605,16 @@ def run(manifest: Path, out: Path | None, **options: Any) -> None:
     from batchqwen.runner import run as run_batch
 
     loaded = _call(load_run_tools, config)  # a bad tools file, or tools on a model without: exit 2 now
-    outcome = _call(asyncio.run, run_batch(config, loaded_tools=loaded))
+    outcome = _call(asyncio.run, run_batch(config, checkpoint_seconds=config.checkpoint_seconds, loaded_tools=loaded))
     summary = outcome.summary
     counts = summary.get("by_status", {})
+    shown = str(remote_out).rstrip("/") if remote_out else str(local_out)
+    results_at = f"{shown}/results.parquet" if remote_out else outcome.results_path
     click.echo(
         f"batchqwen: {outcome.reason}: {summary.get('items_in_manifest', 0)} items;"
         f" ok {counts.get('ok', 0)}, failed {counts.get('failed', 0)}, pending {counts.get('pending', 0)},"
         f" skipped (already ok) {summary.get('items_skipped_already_ok', 0)};"
-        f" results in {outcome.results_path}, audio in {out / 'audio'}, summary in {out / 'summary.json'}",
+        f" results in {results_at}, audio in {shown}/audio, summary in {shown}/summary.json",
         err=options["quiet"] or outcome.exit_code == EXIT_ENVIRONMENT,  # cron mails stderr
     )
     sys.exit(outcome.exit_code)
@@ -475,11 +642,18 @@ def _check_defaults(
     check_translation(model, target, source)
 
 
-def _estimate(manifest: Path, out: Path, options: dict[str, Any]) -> None:
+def _estimate(manifest_text: str, out_text: str, options: dict[str, Any]) -> None:
     from batchqwen import cost
     from batchqwen.estimate import estimate_manifest, format_report, write_estimate_summary
     from batchqwen.manifest import check_manifest
     from batchqwen.models import validate_modalities
+    from batchqwen.storage.fetch import shared_storage
+    from batchqwen.storage.locations import Remote, parse_location
+
+    folder = _scratch_dir("batchqwen-estimate-")
+    out_where = _call(parse_location, out_text)
+    out = folder / "out" if isinstance(out_where, Remote) else out_where
+    assert isinstance(out, Path)
 
     calibration: Any = None
 
@@ -489,7 +663,9 @@ def _estimate(manifest: Path, out: Path, options: dict[str, Any]) -> None:
         _check_defaults(
             options["model"], options["voice"], modalities, options["translate_to"], options["source_language"]
         )
-        check_manifest(manifest)
+        storage = _storage_config(options)
+        manifest, manifest_options = _open_manifest(manifest_text, storage, options, folder)
+        check_manifest(manifest, options=manifest_options)
         prices = cost.load_prices(options["prices"])
         output = cost.OutputAssumption(output_seconds_per_item=options["output_seconds"])
         catalog = None
@@ -523,12 +699,15 @@ def _estimate(manifest: Path, out: Path, options: dict[str, Any]) -> None:
             pad_silence_seconds=options["pad_silence"],
             out_dir=out,
             video_fps=options["video_fps"],
+            image_frames=options["image_frames"],
             voice=options["voice"],
             target_language=options["translate_to"],
             source_language=options["source_language"],
             tools=catalog,
             tool_rounds=options["assume_tool_rounds"],
             extract=options["extract"],
+            manifest_options=manifest_options,
+            storage=storage,
             split=options["split"],
             pace=options.get("pace") or 0.0,  # run --dry-run --pace: the session lifetime counts too
         )
@@ -542,13 +721,23 @@ def _estimate(manifest: Path, out: Path, options: dict[str, Any]) -> None:
         write_estimate_summary(report, out)
         return report
 
+    def store(report: Any) -> str:
+        if not isinstance(out_where, Remote):
+            return str(out / "estimate.parquet")
+        if not out_where.is_object:
+            raise UsageError(f"--out {out_where}: a remote output folder must be s3:// or gs://")
+        storage = shared_storage(_storage_config(options))
+        for path in sorted(p for p in out.rglob("*") if p.is_file()):  # estimate.parquet and its summary
+            storage.upload(path, out_where.join(path.relative_to(out).as_posix()))
+        return str(out_where.join("estimate.parquet"))
+
     report = _call(work)
     click.echo(format_report(report))
     if calibration is not None:
         click.echo("Calibration (answer length learned from earlier runs' ok rows):")
         for line in calibration.describe():
             click.echo(line)
-    click.echo(f"per-item estimate in {out / 'estimate.parquet'}")
+    click.echo(f"per-item estimate in {_call(store, report)}")
 
 
 @main.command()
@@ -643,6 +832,7 @@ def check(
 @main.command()
 @_manifest_arg
 @_shared_options
+@_storage_options
 @click.option(
     "--calibrate-from",
     "calibrate_from",
@@ -651,9 +841,12 @@ def check(
     help="Learn the answer length per model from the ok rows of this earlier run's OUT (repeatable); prints the"
     " total with a p10-p90 range. Without it: --output-seconds.",
 )
-def estimate(manifest: Path, out: Path | None, **options: Any) -> None:
-    """Estimate tokens and cost of MANIFEST offline (no network). Same as `run --dry-run`."""
-    _estimate(manifest, out or _default_out(manifest), options)
+def estimate(manifest: str, out: str | None, **options: Any) -> None:
+    """Estimate tokens and cost of MANIFEST offline (no network). Same as `run --dry-run`.
+
+    A manifest or media in a bucket or behind a URL are read, media by their headers only (ranged reads).
+    """
+    _estimate(manifest, out or _call(_default_out, manifest), options)
 
 
 @main.command()
@@ -784,7 +977,7 @@ def simulate(host: str, port: int, api_keys: tuple[str, ...], **options: Any) ->
 
 
 @main.command()
-@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("out", metavar="OUT")
 @click.option(
     "--html",
     "html",
@@ -799,19 +992,48 @@ def simulate(host: str, port: int, api_keys: tuple[str, ...], **options: Any) ->
     is_flag=True,
     help="With --html: put the WAVs and thumbnails inside the file (refused above 50 MB) instead of linking them.",
 )
-def report(out: Path, html: str | None, embed_audio: bool) -> None:
-    """Totals of a finished run in OUT: estimate vs actual by modality, the estimate's error, the failed items."""
-    from batchqwen.report import build_report, format_report
+@click.option("--s3-endpoint", default=None, metavar="URL", help="S3-compatible endpoint of a remote OUT.")
+@click.option("--s3-region", default=None, help="The bucket's region.")
+@click.option("--s3-virtual-hosted", is_flag=True, help="Address buckets as bucket.endpoint.")
+def report(
+    out: str,
+    html: str | None,
+    embed_audio: bool,
+    s3_endpoint: str | None,
+    s3_region: str | None,
+    s3_virtual_hosted: bool,
+) -> None:
+    """Totals of a finished run in OUT (a folder or s3://bucket/prefix): estimate vs actual by modality, the
+    estimate's error, the failed items. With a bucket OUT, --html is written back into it (or to FILE)."""
+    import tempfile
 
-    click.echo(format_report(_call(build_report, out)))
+    from batchqwen.report import build_report, format_report
+    from batchqwen.storage.fetch import StorageOptions, shared_storage
+    from batchqwen.storage.locations import Remote, parse_location
+    from batchqwen.storage.outputs import download_out
+
     if embed_audio and html is None:
         _fail("--embed-audio goes with --html", EXIT_USAGE)
-    if html is not None:
-        from batchqwen.reporting.html import write_html_report
+    where = _call(parse_location, out)
+    remote = where if isinstance(where, Remote) else None
+    storage = shared_storage(StorageOptions(s3_endpoint, s3_region, s3_virtual_hosted))
+    with tempfile.TemporaryDirectory(prefix="batchqwen-report-") as folder:
+        if remote is not None:
+            names = ("results.parquet", "summary.json", "run_events.jsonl", "journal.jsonl")
+            where = _call(download_out, remote, storage, Path(folder), names)
+        assert isinstance(where, Path)
+        click.echo(format_report(_call(build_report, where)))
+        if html is not None:
+            from batchqwen.reporting.html import write_html_report
 
-        target = Path(html) if html else None
-        path = _call(write_html_report, out, target, embed_audio=embed_audio)
-        click.echo(f"HTML report: {path}")
+            target = Path(html) if html else None
+            path = _call(write_html_report, where, target, embed_audio=embed_audio)
+            if remote is not None and target is None:  # back into the bucket, with its thumbnails
+                made = [p for p in Path(folder).rglob("*") if p.is_file() and p.name not in names]
+                for file in made:
+                    _call(storage.upload, file, remote.join(file.relative_to(folder).as_posix()))
+                path = remote.join(path.name)
+            click.echo(f"HTML report: {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from batchqwen.manifest import ManifestOptions
 from batchqwen.models import DEFAULT_MODEL, TEXT_AND_AUDIO
 from batchqwen.realtime.gateways import DEFAULT_REGION, gateway_url, normalize_region
+from batchqwen.storage.fetch import StorageOptions
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class RunConfig:
     # media
     video_fps: float = 1.0
     video_frames: Literal["keyframes", "exact"] = "keyframes"  # how frames are picked (media.read_video)
+    image_frames: Literal["first", "all"] = "first"  # animated / multi-page images: first frame or all
     decode_processes: int | None = None  # None: auto (runner.decode_processes_for); 0: threads; N: N processes
     pad_silence_seconds: float = 1.0
     split: Literal["auto", "never"] = "auto"  # an item too long for one session: split at pauses, or fail it
@@ -67,6 +70,11 @@ class RunConfig:
     log_file: Path | None = None
     progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
     html_report: bool = True  # OUT/report.html at the end of the run
+    # storage: where the manifest came from and how it is read, how remote files are reached, remote OUT
+    manifest_options: ManifestOptions = field(default_factory=ManifestOptions)
+    storage: StorageOptions = field(default_factory=StorageOptions)
+    remote_out: str | None = None  # --out s3://bucket/prefix: ``out`` is then the local state directory
+    checkpoint_seconds: float = 30.0  # results.parquet rewritten (and a remote OUT synced) this often
 
     @property
     def resolved_region(self) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 from batchqwen import media
 from batchqwen.cost import TurnInput
 from batchqwen.errors import ItemError
+from batchqwen.images import ImageFrames
 from batchqwen.items import ConversationTurn, Item, PreparedInput, ToolCall, TurnOutput, TurnSpec
 from batchqwen.plan import ItemPlan, plan_item
 from batchqwen.realtime.events import Usage
@@ -71,14 +72,23 @@ def plan_conversation(item: Item, **options: Any) -> ConversationPlan:
 
 
 def prepare_turns(
-    conversation: ConversationPlan, *, video_frames: media.VideoFrames = "keyframes"
+    conversation: ConversationPlan,
+    *,
+    video_frames: media.VideoFrames = "keyframes",
+    image_frames: ImageFrames = "first",
 ) -> tuple[ConversationTurn, ...]:
     """Decode every turn (in a worker: pure CPU and file reads); a turn's bad media names the turn."""
     turns = []
     for number, (each, plan) in enumerate(zip(conversation.turn_items, conversation.turns, strict=True), 1):
         try:
             prepared = media.prepare_item(
-                each, video_fps=plan.video_fps, pad_silence_seconds=plan.pad_silence_seconds, video_frames=video_frames
+                each,
+                video_fps=plan.video_fps,
+                pad_silence_seconds=plan.pad_silence_seconds,
+                video_frames=video_frames,
+                image_frames=image_frames,
+                images_per_second=plan.images_per_second,
+                pad_under_frames=plan.model.max_images_per_second is not None,
             )
         except ItemError as exc:
             raise type(exc)(f"turn {number}: {exc}") from None

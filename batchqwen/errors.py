@@ -7,6 +7,8 @@
     ├── ManifestError              the manifest as a whole is unusable (exit 2); names the rows
     ├── ItemError                  local problem of one item; never retried, never the run's failure
     │   ├── InputFileError         a file the row names is missing or unreadable
+    │   │   └── FetchFailed        a remote file that could not be read after its retries
+    │   ├── MediaRefused           a file a manifest from elsewhere may not name (local path, private address)
     │   ├── MediaError             a file that is present but cannot be decoded / converted
     │   ├── InputTooLong           more than one session takes, and --split never (or no cut can help)
     │   ├── ExtractError           --extract: the tool was never called, or its final arguments do not validate
@@ -67,6 +69,18 @@ class InputFileError(ItemError):
 
 class MediaError(ItemError):
     kind = "media"
+
+
+class FetchFailed(InputFileError):
+    """A remote file (bucket or URL) that stayed unreadable through its retries: a network problem."""
+
+    kind = "fetch"
+
+
+class MediaRefused(ItemError):
+    """A file the row may not name: a local path in a manifest from a bucket or URL, a private address."""
+
+    kind = "refused"
 
 
 class InputTooLong(ItemError):

@@ -20,6 +20,10 @@ Per item, the rules are those of the real run (see :func:`batchqwen.cost.estimat
   same count; the instructions, prompt and answer once per segment), and is listed under "Too long for
   one session"; with ``split="never"`` it is a problem (the run fails it without sending anything).
 
+Durations come from :mod:`batchqwen.probe` (the header where sound, else the file size, a packet scan or
+a decode: the row's ``duration_method``); images follow the run's rules of :mod:`batchqwen.images` (tiles,
+animated frames, the family's images a second); the row's ``notes`` say what was decided.
+
 A row with a problem (missing file, unreadable media, unknown model or voice) is listed, counted and
 left out of the totals; it never stops the estimate. A model with no known price has its tokens counted
 and its cost reported as unknown (None), never as zero.
@@ -42,6 +46,7 @@ from typing import Any, TypeVar, cast
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batchqwen import images as image_plan
 from batchqwen.conversation import plan_conversation
 from batchqwen.cost import (
     MODALITIES,
@@ -55,20 +60,24 @@ from batchqwen.cost import (
     estimate_tokens,
 )
 from batchqwen.errors import BatchQwenError, InputTooLong
+from batchqwen.images import ImageFrames
 from batchqwen.items import INPUT_SAMPLE_RATE, Item
-from batchqwen.manifest import RawRows, items_of, iter_raw_rows, validate_item
+from batchqwen.manifest import ManifestOptions, RawRows, items_of, iter_raw_rows, validate_item
 from batchqwen.media import (
     DEFAULT_MAX_VIDEO_FRAMES,
-    fit_image_size,
     image_times,
-    probe_audio_seconds,
-    probe_image_size,
+    measure_audio,
+    part_sizes,
+    probe_image_parts,
     probe_video,
+    silence_note,
 )
 from batchqwen.models import image_tokens
 from batchqwen.plan import ItemPlan, plan_item
 from batchqwen.realtime.gateways import normalize_region
 from batchqwen.split import SplitMode, plan_segments, session_budget
+from batchqwen.storage.fetch import StorageOptions, shared_storage
+from batchqwen.storage.locations import Remote
 from batchqwen.tokens import text_tokens_exact
 from batchqwen.tools import NO_TOOLS, ToolCatalog, offered_tools
 
@@ -78,7 +87,7 @@ ESTIMATE_SUMMARY = "estimate.json"  # the totals of the last estimate in OUT: th
 # RSS is 1.05x a one-row estimate's (2,048-row groups built from Python lists: 1.11x; bench_estimate.py)
 BATCH_ROWS = 256
 ROW_GROUP_ROWS = 4_096
-DICTIONARY_COLUMNS = ("model", "modalities", "currency", "problem")
+DICTIONARY_COLUMNS = ("model", "modalities", "currency", "problem", "duration_method")
 MAX_PROBLEMS_KEPT = 20  # problems listed in the report; all are counted and all are in the Parquet file
 DEFAULT_WORKERS = min(8, (os.cpu_count() or 2) * 2)  # probing is mostly waiting on file metadata
 PROBE_CACHE_ENTRIES = 16_384  # file headers remembered (per process): rows sharing a file probe it once
@@ -105,6 +114,11 @@ ESTIMATE_SCHEMA = pa.schema(
         ("currency", pa.string()),
         ("price_known", pa.bool_()),
         ("problem", pa.string()),
+        # how the audio's length was measured: header, file_size, packet_scan, decode (batchqwen.probe),
+        # silence (padded), null (no audio); the fallbacks' bytes read; what the estimate decided
+        ("duration_method", pa.string()),
+        ("probe_bytes_read", pa.int64()),
+        ("notes", pa.list_(pa.string())),
         ("segments", pa.int64()),
     ]
 )
@@ -123,6 +137,9 @@ class RowEstimate:
     image_count: int = 0
     tokens: TokenEstimate | None = None
     problem: str | None = None
+    duration_method: str | None = None  # see ESTIMATE_SCHEMA
+    probe_bytes_read: int | None = None
+    notes: tuple[str, ...] = ()
     segments: int = 1  # sessions the item will run as (more than one: too long for one session, split)
     too_long: str | None = None  # why one session cannot take it (the estimate and the limit), when split
 
@@ -180,6 +197,7 @@ class EstimateReport:
     price_url: str = ""
     #: with a calibrated output (estimate --calibrate-from): the p10 and p90 of the total cost
     cost_range: tuple[float, float] | None = None
+    duration_fallbacks: int = 0  # rows whose audio length was not the header's (file size, packet scan, decode)
 
     @property
     def estimated_items(self) -> int:
@@ -224,6 +242,8 @@ class _Settings:
     tools: ToolCatalog | None = None  # --tools: the declarations billed with every response
     tool_rounds: int = 1  # --assume-tool-rounds per turn
     extract: str | None = None
+    image_frames: ImageFrames = "first"
+    storage: StorageOptions | None = None  # how remote media are reached (None: the defaults)
     split: SplitMode = "auto"
     pace: float = 0.0
 
@@ -241,6 +261,7 @@ def estimate_item(
     voice: str | None = None,
     target_language: str | None = None,
     source_language: str | None = None,
+    image_frames: ImageFrames = "first",
     split: SplitMode = "auto",
     pace: float = 0.0,
 ) -> RowEstimate:
@@ -256,6 +277,7 @@ def estimate_item(
         max_video_frames,
         target_language,
         source_language,
+        image_frames=image_frames,
         split=split,
         pace=pace,
     )
@@ -275,12 +297,22 @@ class ProbeCache:
         self._lock = threading.Lock()
         self.probes = 0  # probes actually run (files opened), for tests and the bench
 
-    def get(self, path: Path, probe: Callable[..., _T], **options: Any) -> _T:
+    def get(
+        self, path: Path | Remote, probe: Callable[..., _T], storage: StorageOptions | None = None, **options: Any
+    ) -> _T:
+        """What ``probe`` says of ``path``; a remote file is read by ranges (headers only), through
+        ``storage``'s clients."""
+        if isinstance(path, Remote):
+            key: tuple[Any, ...] = (probe.__name__, path.url, tuple(sorted(options.items())))
+            return self._cached(key, lambda: _probe_remote(path, probe, storage or StorageOptions(), options))
         try:
             stat = os.stat(path)
         except OSError:
             return probe(path, **options)  # the probe says what is wrong with it, in its own words
         key = (probe.__name__, str(path), stat.st_size, stat.st_mtime_ns, tuple(sorted(options.items())))
+        return self._cached(key, lambda: probe(path, **options))
+
+    def _cached(self, key: tuple[Any, ...], run: Callable[[], _T]) -> _T:
         with self._lock:
             entry = self._entries.get(key)
             owner = entry is None
@@ -293,13 +325,19 @@ class ProbeCache:
         if owner:
             self.probes += 1
             try:
-                entry.set_result(probe(path, **options))
+                entry.set_result(run())
             except BaseException as exc:
                 entry.set_exception(exc)
         return cast(_T, entry.result())
 
 
 _PROBES = ProbeCache()
+
+
+def _probe_remote(ref: Remote, probe: Callable[..., _T], storage: StorageOptions, options: dict[str, Any]) -> _T:
+    """``probe`` on a remote file opened for ranged reads: only the bytes the probe reads are fetched."""
+    with shared_storage(storage).open_ranged(ref) as handle:
+        return probe(handle, **options)
 
 
 def _estimate_rows(source: RawRows, rows: list[tuple[int, Any]], s: _Settings) -> list[RowEstimate]:
@@ -320,20 +358,58 @@ def _plan_options(s: _Settings) -> dict[str, Any]:
     )
 
 
-def _probe(item: Item, plan: ItemPlan, s: _Settings) -> tuple[float, list[tuple[int, int]], float]:
-    """(audio seconds sent, image sizes sent, silence padded) of an item (or a turn) from its headers."""
-    audio_seconds = _PROBES.get(item.audio, probe_audio_seconds) if item.audio is not None else 0.0
+@dataclass(frozen=True)
+class _Media:
+    """What an item (or a turn) sends, from its headers, decided as the run decides it."""
+
+    audio_seconds: float
+    sizes: list[tuple[int, int]]
+    padded: float
+    method: str | None  # duration_method
+    bytes_read: int | None
+    notes: list[str]
+    moments: list[float] = field(default_factory=list)  # where each of ``sizes`` sits in the audio (seconds)
+
+
+def _probe(item: Item, plan: ItemPlan, s: _Settings) -> _Media:
+    """Audio seconds sent (how measured), image sizes sent and silence padded of an item from its headers."""
+    store = s.storage  # how remote media are reached (read by ranges)
+    notes: list[str] = []
+    audio_seconds, read = 0.0, None
+    method: str | None = None
+    if item.audio is not None:
+        measured = _PROBES.get(item.audio, measure_audio, store)
+        audio_seconds, method, read = measured.seconds, measured.method, measured.bytes_read
+        notes.extend([measured.note] if measured.note else [])
     sizes: list[tuple[int, int]] = []
+    moments: list[float] = []
+    video_seconds = 0.0
     if item.video is not None:
-        video = _PROBES.get(item.video, probe_video, fps=plan.video_fps, max_frames=s.max_video_frames)
+        video = _PROBES.get(item.video, probe_video, store, fps=plan.video_fps, max_frames=s.max_video_frames)
         sizes.extend([video.frame_size] * len(video.frame_times))
-        if item.audio is None:
-            audio_seconds = video.audio_seconds
+        moments.extend(video.frame_times)
+        video_seconds = video.duration_seconds
+        notes.extend(video.notes)
+        if item.audio is None:  # an audio file, when given, is the sound; the video gives frames only
+            audio_seconds, method, read = video.audio_seconds, video.audio_method, video.bytes_read
     padded = 0.0
     if audio_seconds <= 0 and plan.pad_silence_seconds > 0:
-        padded = audio_seconds = plan.pad_silence_seconds
-    sizes.extend(fit_image_size(*_PROBES.get(path, probe_image_size)) for path in item.images)
-    return audio_seconds, sizes, padded
+        # as the run pads: on a family with a hard images-a-second limit, silence as long as a video
+        # with no sound (so its frames are not refused)
+        under_frames = video_seconds if sizes and plan.model.max_images_per_second is not None else 0.0
+        padded = audio_seconds = max(plan.pad_silence_seconds, under_frames)
+        method = "silence"
+        notes.append(silence_note(padded, under_video=under_frames > plan.pad_silence_seconds))
+    with image_plan.pillow_warnings() as warned:  # a file's warnings, the first time it is probed
+        planned = [_PROBES.get(path, probe_image_parts, store, image_frames=s.image_frames) for path in item.images]
+    notes.extend(warned)
+    allowed = image_plan.images_allowed(plan.images_per_second, audio_seconds)
+    kept = image_plan.keep_counts([parts for _, parts in planned], len(sizes), allowed)
+    for path, (oriented, parts), count in zip(item.images, planned, kept, strict=True):
+        sizes.extend(part_sizes(oriented, parts, count))
+        notes.extend(image_plan.parts_notes(path, parts, count, plan.images_per_second))
+    moments.extend(image_times(len(sizes) - len(moments), audio_seconds))  # the images, as the run places them
+    return _Media(audio_seconds, sizes, padded, method, read, notes, moments)
 
 
 def _estimate_session(item: Item, s: _Settings) -> RowEstimate:
@@ -353,10 +429,18 @@ def _estimate_session(item: Item, s: _Settings) -> RowEstimate:
         turns: list[TurnInput] = []
         audio_total = padded_total = 0.0
         images = 0
+        notes: list[str] = []
+        methods: list[str | None] = []
+        read: int | None = None
         pairs = zip(talk.turn_items, talk.turns, strict=True) if item.turns else [(item, plan)]
         for number, (each, turn_plan) in enumerate(pairs):
             try:
-                audio_seconds, sizes, padded = _probe(each, turn_plan, s)
+                media = _probe(each, turn_plan, s)
+                audio_seconds, sizes, padded = media.audio_seconds, media.sizes, media.padded
+                notes.extend(media.notes)
+                methods.append(media.method)
+                if media.bytes_read is not None:
+                    read = (read or 0) + media.bytes_read
             except BatchQwenError as exc:
                 if not item.turns:
                     raise
@@ -375,7 +459,12 @@ def _estimate_session(item: Item, s: _Settings) -> RowEstimate:
         )
     except (BatchQwenError, OSError, ValueError) as exc:
         return RowEstimate(item.id, item.row, model_name, tuple(modalities), problem=_problem_text(exc))
-    return RowEstimate(item.id, item.row, model_name, modalities, audio_total, padded_total, images, tokens)
+    # a turn measured by a fallback makes the row's method that fallback's
+    method = next((m for m in methods if m in _FALLBACKS), methods[0] if methods else None)
+    return RowEstimate(
+        item.id, item.row, model_name, modalities, audio_total, padded_total, images, tokens,
+        duration_method=method, probe_bytes_read=read, notes=tuple(dict.fromkeys(notes)),
+    )  # fmt: skip
 
 
 def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
@@ -399,20 +488,8 @@ def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
         )
         model, model_name, modalities = plan.model, plan.model.name, plan.modalities
         validate_item(item)
-        audio_seconds = _PROBES.get(item.audio, probe_audio_seconds) if item.audio is not None else 0.0
-        sizes: list[tuple[int, int]] = []
-        moments: list[float] = []  # where each image sits in the audio (for a split: which segment takes it)
-        if item.video is not None:
-            video = _PROBES.get(item.video, probe_video, fps=plan.video_fps, max_frames=s.max_video_frames)
-            sizes.extend([video.frame_size] * len(video.frame_times))
-            moments.extend(video.frame_times)
-            if item.audio is None:  # an audio file, when given, is the sound; the video gives frames only
-                audio_seconds = video.audio_seconds
-        padded = 0.0
-        if audio_seconds <= 0 and plan.pad_silence_seconds > 0:
-            padded = audio_seconds = plan.pad_silence_seconds
-        sizes.extend(fit_image_size(*_PROBES.get(path, probe_image_size)) for path in item.images)
-        moments.extend(image_times(len(item.images), audio_seconds))
+        media = _probe(item, plan, s)
+        audio_seconds, sizes, padded, moments = media.audio_seconds, media.sizes, media.padded, media.moments
         texts = (plan.instructions, plan.prompt)
         tokens = estimate_tokens(
             model, audio_seconds=audio_seconds, image_sizes=sizes, texts=texts, modalities=modalities, output=s.output
@@ -452,6 +529,9 @@ def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
         padded_silence_seconds=padded,
         image_count=len(sizes),
         tokens=tokens,
+        duration_method=media.method,
+        probe_bytes_read=media.bytes_read,
+        notes=tuple(media.notes),
         segments=segments,
         too_long=too_long,
     )
@@ -460,6 +540,9 @@ def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
 def _sum_estimates(estimates: Iterable[TokenEstimate]) -> TokenEstimate:
     parts = list(estimates)
     return TokenEstimate(**{name: sum(getattr(e, name) for e in parts) for name in MODALITIES})
+
+
+_FALLBACKS = ("file_size", "packet_scan", "decode")
 
 
 def _problem_text(exc: BaseException) -> str:
@@ -538,6 +621,9 @@ def estimate_manifest(
     tools: ToolCatalog | None = None,
     tool_rounds: int = 1,
     extract: str | None = None,
+    image_frames: ImageFrames = "first",
+    manifest_options: ManifestOptions | None = None,
+    storage: StorageOptions | None = None,
     split: SplitMode = "auto",
     pace: float = 0.0,
 ) -> EstimateReport:
@@ -577,13 +663,15 @@ def estimate_manifest(
         tools,
         tool_rounds,
         extract,
+        image_frames=image_frames,
+        storage=storage,
         split=split,
         pace=pace,
     )
     writer = _RowWriter(out_dir / ESTIMATE_FILE) if out_dir is not None else None
     cores = os.cpu_count() or 1
     try:
-        source, raw_rows = iter_raw_rows(Path(path))
+        source, raw_rows = iter_raw_rows(Path(path), options=manifest_options)
         head = list(itertools.islice(raw_rows, PARALLEL_MIN_ROWS))
         if len(head) < PARALLEL_MIN_ROWS or cores < 2 or (limit is not None and limit < PARALLEL_MIN_ROWS):
             rows: Iterable[tuple[int, Any]] = itertools.chain(head, raw_rows)
@@ -721,6 +809,8 @@ def _record(report: EstimateReport, prices: PriceBook, writer: _RowWriter | None
             for name, money in costs.items():
                 totals.costs[name] += money
             cost = sum(costs.values())
+    if row.duration_method in _FALLBACKS:
+        report.duration_fallbacks += 1
     if writer is None:
         return
     writer.add(
@@ -743,6 +833,9 @@ def _record(report: EstimateReport, prices: PriceBook, writer: _RowWriter | None
             "currency": report.currency,
             "price_known": price is not None,
             "problem": row.problem,
+            "duration_method": row.duration_method,
+            "probe_bytes_read": row.probe_bytes_read,
+            "notes": list(row.notes),
         }
     )
 
@@ -817,6 +910,11 @@ def format_report(report: EstimateReport) -> str:
             f"{report.unpriced_items:,} items of {', '.join(unpriced)} (no known price)"
         )
     lines.append("Output text in text+audio mode is the transcript: not billed (output billed on audio tokens).")
+    if report.duration_fallbacks:
+        lines.append(
+            f"Audio length of {report.duration_fallbacks:,} rows measured past a missing or wrong header"
+            " (file size, packet scan or decode: column duration_method, with a note)"
+        )
     if report.problem_count:
         lines += ["", f"Problems ({report.problem_count:,} rows, left out of the totals):"]
         lines += [f"  row {p.row} (id {p.id}): {p.message}" for p in report.problems]

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from batchqwen.models import ModelInfo
 from batchqwen.realtime.events import Usage
+from batchqwen.storage.locations import Remote
 
 INPUT_SAMPLE_RATE = 16_000
 INPUT_BYTES_PER_SECOND = INPUT_SAMPLE_RATE * 2  # PCM16 mono
@@ -27,13 +28,16 @@ class TurnSpec:
 
 @dataclass(frozen=True)
 class Item:
-    """One manifest row, paths resolved against the manifest's folder; nothing decoded yet."""
+    """One manifest row, paths resolved against the manifest's folder; nothing decoded yet.
+
+    A media file is a local :class:`Path` or a :class:`Remote` (bucket or URL), fetched during preparation.
+    """
 
     id: str
     row: int  # 1-based data-row number in the manifest (header not counted)
-    audio: Path | None = None
-    images: tuple[Path, ...] = ()
-    video: Path | None = None
+    audio: Path | Remote | None = None
+    images: tuple[Path | Remote, ...] = ()
+    video: Path | Remote | None = None
     prompt: str | None = None
     instructions: str | None = None
     model: str | None = None
@@ -45,6 +49,7 @@ class Item:
     content_hash: str = ""  # row content + file size/mtime: a changed item under the same id is noticed
     turns: tuple[TurnSpec, ...] = ()  # a conversation: one session, one response per turn, in order
     tools: tuple[str, ...] | None = None  # the tools this row offers (None: every tool of --tools)
+    refused: tuple[str, ...] = ()  # media the row may not name (a local file in a manifest from a bucket)
 
 
 @dataclass(frozen=True)

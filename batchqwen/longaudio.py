@@ -34,15 +34,17 @@ import shutil
 import tempfile
 import wave
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import av
 import av.error
 
+from batchqwen import images as image_plan
 from batchqwen import media
 from batchqwen.errors import InputTooLong, MediaError, OutputUnwritable
+from batchqwen.images import ImageFrames
 from batchqwen.items import INPUT_SAMPLE_RATE, Item, PreparedInput, TimedImage
 from batchqwen.models import image_tokens
 from batchqwen.results import STATUS_FAILED, STATUS_OK, ResultRow, relative_to_out, safe_id, wav_path
@@ -114,11 +116,13 @@ def _wav16_frames(path: Path) -> int | None:
         return None
 
 
-def decode_pieces(path: Path) -> Iterator[bytes]:
-    """The first audio stream of ``path`` as PCM16LE mono 16 kHz, in pieces of about a second, the way
-    :func:`batchqwen.media.decode_audio` decodes it (PyAV, FFmpeg's resampler and downmix). The two must
-    give the same samples (the long-recording tests compare them on a stereo file): a change to how media
-    downmixes belongs here too."""
+def decode_pieces(path: Path, mixer: media.MonoMixer | None = None) -> Iterator[bytes]:
+    """The first audio stream of ``path`` as PCM16LE mono 16 kHz, in pieces (about a second for mono and
+    stereo), the way :func:`batchqwen.media.decode_audio` decodes it: PyAV, through media's
+    :class:`~batchqwen.media.MonoMixer` (FFmpeg's conversion, or the ITU-R BS.775 downmix of 5.1), whose
+    ``notes`` then say how it was mixed. The two must give the same samples (the long-recording tests
+    compare them)."""
+    mixer = mixer or media.MonoMixer()
     try:
         container = av.open(str(path), mode="r")
     except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
@@ -127,13 +131,10 @@ def decode_pieces(path: Path) -> Iterator[bytes]:
         if not container.streams.audio:
             raise MediaError(f"no audio stream in {path}")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=INPUT_SAMPLE_RATE, frame_size=INPUT_SAMPLE_RATE)
         try:
             for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    yield out.to_ndarray().tobytes()
-            for out in resampler.resample(None):
-                yield out.to_ndarray().tobytes()
+                yield mixer.mix(frame)
+            yield mixer.flush()
         except (av.error.FFmpegError, ValueError) as exc:
             raise MediaError(f"corrupt or unsupported audio: {path} ({exc})") from None
 
@@ -144,21 +145,24 @@ def _read_wav_pieces(path: Path, piece_samples: int = INPUT_SAMPLE_RATE) -> Iter
             yield data
 
 
-def measure(source: Path, spool: Path | None) -> tuple[int, LevelMeter]:
+def measure(source: Path, spool: Path | None) -> tuple[int, LevelMeter, tuple[str, ...]]:
     """Decode ``source`` once (a 16 kHz mono WAV is only read), keeping the frame levels and, when
-    ``spool`` is given, writing the PCM there as a WAV; returns the sample count and the levels."""
+    ``spool`` is given, writing the PCM there as a WAV; returns the sample count, the levels and the
+    notes of the downmix."""
     meter = LevelMeter()
     if spool is None:
         for piece in _read_wav_pieces(source):
             meter.feed(piece)
-        return meter.nbytes // 2, meter
+        return meter.nbytes // 2, meter, ()
     spool.parent.mkdir(parents=True, exist_ok=True)
+    mixer = media.MonoMixer()
+    pieces = _read_wav_pieces(source) if _wav16_frames(source) is not None else decode_pieces(source, mixer)
     try:
         with wave.open(str(spool), "wb") as out:
             out.setnchannels(1)
             out.setsampwidth(2)
             out.setframerate(INPUT_SAMPLE_RATE)
-            for piece in decode_pieces(source):
+            for piece in pieces:
                 meter.feed(piece)
                 out.writeframesraw(piece)
     except OSError as exc:
@@ -169,7 +173,7 @@ def measure(source: Path, spool: Path | None) -> tuple[int, LevelMeter]:
     except BaseException:
         spool.unlink(missing_ok=True)
         raise
-    return meter.nbytes // 2, meter
+    return meter.nbytes // 2, meter, mixer.notes
 
 
 class SegmentStream:
@@ -205,40 +209,27 @@ def prepare(
     budget: SessionBudget,
     split: SplitMode,
     spool_dir: Path,
-    video_fps: float = 1.0,
-    max_video_frames: int = media.DEFAULT_MAX_VIDEO_FRAMES,
-    pad_silence_seconds: float = 0.0,
-    video_frames: media.VideoFrames = "keyframes",
+    spool_always: bool = False,
+    **media_options: Any,
 ) -> PreparedInput | LongRecording:
-    """What the runner's preparation decodes for ``item``: the item as one session sends it, or, when one
-    session cannot take it, a :class:`LongRecording` (``split`` "auto") or InputTooLong ("never").
+    """What the runner's preparation decodes for ``item``: the item as one session sends it
+    (:func:`batchqwen.media.prepare_item` with ``media_options``), or, when one session cannot take it, a
+    :class:`LongRecording` (``split`` "auto") or InputTooLong ("never"). ``spool_always``: the audio file
+    may go away before the segments are sent (a fetched copy in the download cache), so even a 16 kHz mono
+    WAV is copied to the spool.
 
     Raises ItemError (InputFileError, MediaError, InputTooLong) for the item, OutputUnwritable when the
     spool cannot be written for a full or read-only disk.
     """
     sound = item.audio if item.audio is not None else item.video
-    seconds = probe_seconds(sound) if sound is not None and _may_be_long(sound, budget) else None
-    if sound is not None and seconds is not None:
-        reason = budget.too_long(seconds)
-        if reason is not None:
+    if isinstance(sound, Path) and _may_be_long(sound, budget):  # remote: prepare_item says it is not fetched
+        seconds = probe_seconds(sound)
+        reason = None if seconds is None else budget.too_long(seconds)
+        if seconds is not None and reason is not None:
             if split == "never":
                 raise InputTooLong(_never(reason, budget, round(seconds * INPUT_SAMPLE_RATE)))
-            return _long_recording(
-                item,
-                sound,
-                budget,
-                spool_dir=spool_dir,
-                video_fps=video_fps,
-                max_video_frames=max_video_frames,
-                video_frames=video_frames,
-            )
-    prepared = media.prepare_item(
-        item,
-        video_fps=video_fps,
-        max_video_frames=max_video_frames,
-        pad_silence_seconds=pad_silence_seconds,
-        video_frames=video_frames,
-    )
+            return _long_recording(item, sound, budget, spool_dir=spool_dir, spool_always=spool_always, **media_options)
+    prepared = media.prepare_item(item, **media_options)
     tokens = sum(image_tokens(budget.model, image.width, image.height) for image in prepared.images)
     reason = budget.too_long(prepared.audio_seconds, tokens)
     if reason is None:
@@ -284,29 +275,45 @@ def _long_recording(
     budget: SessionBudget,
     *,
     spool_dir: Path,
-    video_fps: float,
-    max_video_frames: int,
-    video_frames: media.VideoFrames,
+    spool_always: bool,
+    video_fps: float = 1.0,
+    max_video_frames: int = media.DEFAULT_MAX_VIDEO_FRAMES,
+    video_frames: media.VideoFrames = "keyframes",
+    image_frames: ImageFrames = "first",
+    images_per_second: float = image_plan.DEFAULT_IMAGES_PER_SECOND,
+    **_: Any,  # silence padding is for items without audio: a long recording has its own
 ) -> LongRecording:
+    """Measure and cut a recording too long for one session; its frames and images made as
+    :func:`batchqwen.media.prepare_item` makes them, against the recording's exact length."""
     frames: tuple[TimedImage, ...] = ()
-    notes: tuple[str, ...] = ()
-    if item.video is not None:  # the frames only: the sound is decoded below, in pieces
+    notes: list[str] = []
+    if isinstance(item.video, Path):  # the frames only: the sound is decoded below, in pieces
         read = media.read_video(
             item.video, fps=video_fps, max_frames=max_video_frames, with_audio=False, video_frames=video_frames
         )
-        frames, notes = read.frames, read.notes
-    as_is = _wav16_frames(sound) is not None
+        frames = read.frames
+        notes.extend(read.notes)
+    as_is = _wav16_frames(sound) is not None and not spool_always
     spool = None if as_is else spool_path(spool_dir, item.id)
-    samples, meter = measure(sound, spool)
+    samples, meter, mixed = measure(sound, spool)
+    notes.extend(mixed)
     if samples == 0:
         raise MediaError(f"corrupt or unsupported audio: {sound} (no audio samples could be decoded)")
     seconds = samples / INPUT_SAMPLE_RATE
+    local_images = [path for path in item.images if isinstance(path, Path)]
+    with image_plan.pillow_warnings() as warned:
+        planned = [media.probe_image_parts(path, image_frames=image_frames)[1] for path in local_images]
+        kept = image_plan.keep_counts(planned, len(frames), image_plan.images_allowed(images_per_second, seconds))
+        parts: list[TimedImage] = []
+        for path, part, count in zip(local_images, planned, kept, strict=True):
+            parts.extend(media.prepare_image_parts(path, part, count))
+            notes.extend(image_plan.parts_notes(path, part, count, images_per_second))
+    notes.extend(warned)
     images = [
-        media.prepare_image(path, at_seconds=at)
-        for path, at in zip(item.images, media.image_times(len(item.images), seconds), strict=True)
+        replace(image, at_seconds=at) for image, at in zip(parts, media.image_times(len(parts), seconds), strict=True)
     ]
     ordered = tuple(sorted([*frames, *images], key=lambda image: image.at_seconds))
-    return _cut(budget, spool or sound, spool is not None, samples, meter, ordered, notes)
+    return _cut(budget, spool or sound, spool is not None, samples, meter, ordered, tuple(notes))
 
 
 def _cut(

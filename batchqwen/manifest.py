@@ -21,18 +21,24 @@ malformed row (bad JSON, wrong cell type, too many cells), duplicate ids (:class
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import json
+import logging
 import math
 import os
+import re
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from batchqwen.errors import InputFileError, ItemError, ManifestError
+from batchqwen.errors import InputFileError, ItemError, ManifestError, MediaRefused
 from batchqwen.items import Item, TurnSpec
+from batchqwen.storage.locations import Base, Remote, base_for, resolve_media
+
+log = logging.getLogger("batchqwen")
 
 KNOWN_COLUMNS: tuple[str, ...] = (
     "id", "audio", "image", "video", "prompt", "instructions", "model", "voice", "modalities",
@@ -53,8 +59,34 @@ FORMATS: dict[str, str] = {
 PARQUET_BATCH_ROWS = 4_096
 MAX_LISTED = 20  # rows named in a summary's lists; counts stay exact
 _CSV_FIELD_LIMIT = 64 * 1024 * 1024  # long prompts: the csv module's default cap is 128 KiB a cell
+DELIMITERS: dict[str, str] = {",": "comma", ";": "semicolon", "\t": "tab"}  # what detection chooses from
+_PANDAS_INDEX = re.compile(r"__index_level_\d+__")  # pandas' index, written as a column by to_parquet
 
 RawRow = dict[str, Any]  # normalised column name -> cell value (None when empty)
+
+
+@dataclass(frozen=True)
+class ManifestOptions:
+    """How a manifest is read beyond its file: the CSV delimiter, and where it came from.
+
+    ``origin`` is the URL a manifest was downloaded from (the file at hand is its local copy): relative
+    media paths resolve against that URL's folder, and local files are refused unless
+    ``allow_local_media`` (see :mod:`batchqwen.storage.locations`).
+    """
+
+    delimiter: str | None = None  # None: detected from the header (comma, semicolon or tab)
+    origin: str | None = None
+    allow_local_media: bool = False
+
+    def base(self, path: Path) -> Base:
+        return base_for(path, self.origin, allow_local_media=self.allow_local_media)
+
+    def shown(self, path: Path) -> str:
+        """The manifest as messages name it: its URL when it came from one."""
+        return str(Remote(self.origin)) if self.origin else str(path)
+
+
+_DEFAULT_OPTIONS = ManifestOptions()
 
 
 @dataclass(frozen=True)
@@ -127,28 +159,63 @@ def _open_check(path: Path) -> None:
         raise ManifestError(f"manifest {path} is not readable")
 
 
-def _decoded_lines(handle: IO[bytes]) -> Iterator[str]:
-    """UTF-8 lines for the csv module, decoded one by one so a bad byte is blamed on the right row."""
+def _decoded_lines(handle: IO[bytes], lines: list[int]) -> Iterator[str]:
+    """UTF-8 lines for the csv module, decoded one by one so a bad byte is blamed on the right row;
+    ``lines[0]`` is the number of the line being read."""
     for number, raw in enumerate(handle, 1):
+        lines[0] = number
         line = raw.decode("utf-8")
         yield line.removeprefix("\ufeff") if number == 1 else line  # spreadsheets write a BOM
 
 
-def _iter_csv(path: Path, delimiter: str) -> Iterator[tuple[int, RawRow]]:
+def detect_delimiter(header_line: str) -> str:
+    """The delimiter of a CSV header line: whichever of comma, semicolon and tab it holds most of, outside
+    quotes (spreadsheets in many locales write semicolons); a comma when it holds none."""
+    counts = dict.fromkeys(DELIMITERS, 0)
+    quoted = False
+    for char in header_line:
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in counts:
+            counts[char] += 1
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] else ","
+
+
+def _header_line(path: Path) -> str:
+    with path.open("rb") as handle:
+        raw = handle.readline(1 << 20)
+    return raw.decode("utf-8", "replace").removeprefix("\ufeff")
+
+
+def _shown_cells(cells: list[str], most: int = 8) -> str:
+    shown = ", ".join(repr(c if len(c) <= 40 else c[:39] + "…") for c in cells[:most])
+    return shown + (f", … ({len(cells) - most} more)" if len(cells) > most else "")
+
+
+def _iter_csv(path: Path, delimiter: str | None) -> Iterator[tuple[int, RawRow]]:
     csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
     number = 0
+    line = [0]
     try:
+        if delimiter is None:
+            delimiter = detect_delimiter(_header_line(path))
         with path.open("rb") as handle:
-            reader = csv.reader(_decoded_lines(handle), delimiter=delimiter)
+            reader = csv.reader(_decoded_lines(handle, line), delimiter=delimiter)
             header_cells = next(reader, None)
             if header_cells is None:
                 raise ManifestError(f"manifest {path} is empty (no header row)")
             header = _normalise_header(header_cells, f"{path.name}: header")
             for cells in reader:
                 number += 1
+                if len(cells) > len(header) and not any(c.strip() for c in cells[len(header) :]):
+                    cells = cells[: len(header)]  # trailing empty cells, as spreadsheets write them
                 if len(cells) > len(header):
+                    named = ", ".join(n for n in header if n)
                     raise ManifestError(
-                        f"{path.name}: row {number} has {len(cells)} cells but the header has {len(header)} columns"
+                        f"{path.name}: row {number} has {len(cells)} cells but the header has {len(header)} "
+                        f"columns ({named}; delimiter {DELIMITERS.get(delimiter, repr(delimiter))}): found "
+                        f"{_shown_cells(cells)}"
                     )
                 row: RawRow = {}
                 for position, (name, cell) in enumerate(zip(header, cells, strict=False), 1):
@@ -166,7 +233,7 @@ def _iter_csv(path: Path, delimiter: str) -> Iterator[tuple[int, RawRow]]:
                         row[name] = None  # short rows: trailing cells left out means empty
                 yield number, row
     except UnicodeDecodeError as exc:
-        where = "the header" if number == 0 else f"row {number + 1}"
+        where = "the header (line 1)" if line[0] <= 1 else f"row {number + 1} (line {line[0]})"
         raise ManifestError(f"{path.name}: {where} is not valid UTF-8 ({exc.reason})") from None
     except csv.Error as exc:
         raise ManifestError(f"{path.name}: row {number + 1} cannot be parsed as CSV: {exc}") from None
@@ -212,10 +279,12 @@ def _iter_parquet(path: Path) -> Iterator[tuple[int, RawRow]]:
     import pyarrow as pa
 
     parquet = _parquet_file(path)
-    names = _normalise_header(list(parquet.schema_arrow.names), f"{path.name}: schema")
+    all_names = list(parquet.schema_arrow.names)
+    kept = [i for i, name in enumerate(all_names) if not _PANDAS_INDEX.fullmatch(name)]  # not a column of data
+    names = _normalise_header([all_names[i] for i in kept], f"{path.name}: schema")
     number = 0
     try:
-        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[all_names[i] for i in kept]):
             columns = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
             for values in zip(*columns, strict=True):
                 number += 1
@@ -224,11 +293,11 @@ def _iter_parquet(path: Path) -> Iterator[tuple[int, RawRow]]:
         raise ManifestError(f"{path.name}: row {number + 1} cannot be read: {exc}") from None
 
 
-def _iter_raw(path: Path, fmt: str) -> Iterator[tuple[int, RawRow]]:
+def _iter_raw(path: Path, fmt: str, delimiter: str | None = None) -> Iterator[tuple[int, RawRow]]:
     if fmt == "csv":
-        return _iter_csv(path, ",")
+        return _iter_csv(path, delimiter)
     if fmt == "tsv":
-        return _iter_csv(path, "\t")
+        return _iter_csv(path, delimiter or "\t")
     if fmt == "jsonl":
         return _iter_jsonl(path)
     return _iter_parquet(path)
@@ -314,9 +383,22 @@ def _turns(value: Any, where: str) -> list[dict[str, Any]]:
     return turns
 
 
-def _resolve(base: Path, given: str) -> Path:
-    path = Path(os.path.expanduser(given))
-    return path if path.is_absolute() else base / path
+def _resolve(base: Base, given: str, refused: list[str]) -> Path | Remote | None:
+    """The cell as a location; None (and the reason in ``refused``) for a file the row may not name."""
+    try:
+        return resolve_media(given, base)
+    except MediaRefused as exc:
+        refused.append(str(exc))
+        return None
+
+
+def _resolve_local(base: Base, given: str, refused: list[str]) -> Path | None:
+    """A conversation turn's media cell: local files only for now (trust rules as for the row's own)."""
+    where = _resolve(base, given, refused)
+    if isinstance(where, Remote):
+        refused.append(f"{where}: media in a bucket or behind a URL are not supported in conversation turns yet")
+        return None
+    return where
 
 
 def _canonical(data: Any) -> str:
@@ -328,7 +410,9 @@ def _as_hash_text(value: Any) -> str:
     return value if isinstance(value, str) else _canonical(value)
 
 
-def _file_stamp(path: Path) -> list[int] | str:
+def _file_stamp(path: Path | Remote) -> list[int] | str:
+    if isinstance(path, Remote):
+        return "remote"  # not stat'ed while reading the manifest: the URL (in the cells) stands for it
     try:
         stat = path.stat()
     except OSError:
@@ -341,7 +425,7 @@ def derive_id(content: dict[str, Any]) -> str:
     return "row-" + hashlib.sha256(_canonical(content).encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
-def _to_item(number: int, raw: RawRow, base: Path, where: str, *, with_hash: bool = True) -> Item | None:
+def _to_item(number: int, raw: RawRow, base: Base, where: str, *, with_hash: bool = True) -> Item | None:
     """One raw row as an Item; None for a row whose cells are all empty. ``with_hash`` False leaves the
     content hash empty (it stats every file; the dry run does not need it)."""
     item_id = _id_text(raw.get("id"), where)
@@ -373,14 +457,15 @@ def _to_item(number: int, raw: RawRow, base: Path, where: str, *, with_hash: boo
     if item_id is None:
         item_id = derive_id(content)
 
-    audio_path = _resolve(base, audio) if audio else None
-    image_paths = tuple(_resolve(base, p) for p in images)
-    video_path = _resolve(base, video) if video else None
+    refused: list[str] = []
+    audio_path = _resolve(base, audio, refused) if audio else None
+    image_paths = tuple(p for p in (_resolve(base, i, refused) for i in images) if p is not None)
+    video_path = _resolve(base, video, refused) if video else None
     turn_specs = tuple(
         TurnSpec(
-            audio=_resolve(base, t["audio"]) if t["audio"] else None,
-            images=tuple(_resolve(base, p) for p in t["image"]),
-            video=_resolve(base, t["video"]) if t["video"] else None,
+            audio=_resolve_local(base, t["audio"], refused) if t["audio"] else None,
+            images=tuple(p for p in (_resolve_local(base, i, refused) for i in t["image"]) if p is not None),
+            video=_resolve_local(base, t["video"], refused) if t["video"] else None,
             prompt=t["prompt"],
         )
         for t in turns
@@ -406,25 +491,29 @@ def _to_item(number: int, raw: RawRow, base: Path, where: str, *, with_hash: boo
         source_language=source_language,
         passthrough=passthrough,
         content_hash=content_hash,
+        refused=tuple(refused),
         turns=turn_specs,
         tools=tuple(tools) if tools is not None else None,
     )
 
 
-def iter_items(path: Path, *, limit: int | None = None, with_hash: bool = True) -> Iterator[Item]:
+def iter_items(
+    path: Path, *, limit: int | None = None, with_hash: bool = True, options: ManifestOptions | None = None
+) -> Iterator[Item]:
     """Stream a manifest's rows as Items, in manifest order, at most ``limit`` of them.
 
     Raises ManifestError (naming the row or line) for a manifest that cannot be read or a malformed row.
     Missing files and rows without input are *not* raised here: see :func:`validate_item`.
     """
     path = Path(path)
+    options = options or _DEFAULT_OPTIONS
     fmt = manifest_format(path)
     _open_check(path)
-    base = path.absolute().parent
+    base = options.base(path)
     produced = 0
     if limit is not None and limit <= 0:
         return
-    for number, raw in _iter_raw(path, fmt):
+    for number, raw in _iter_raw(path, fmt, options.delimiter):
         item = _to_item(number, raw, base, f"{path.name}: {_where(fmt, number)}", with_hash=with_hash)
         if item is None:
             continue
@@ -440,15 +529,18 @@ class RawRows:
 
     name: str  # the manifest's file name, for messages
     fmt: str
-    base: Path  # relative paths resolve against this folder
+    base: Base  # relative paths resolve against its folder; what the manifest may name
 
 
-def iter_raw_rows(path: Path) -> tuple[RawRows, Iterator[tuple[int, RawRow]]]:
+def iter_raw_rows(
+    path: Path, *, options: ManifestOptions | None = None
+) -> tuple[RawRows, Iterator[tuple[int, RawRow]]]:
     """The manifest's rows, parsed but not yet Items: cheap to read, to be turned into Items elsewhere."""
     path = Path(path)
+    options = options or _DEFAULT_OPTIONS
     fmt = manifest_format(path)
     _open_check(path)
-    return RawRows(path.name, fmt, path.absolute().parent), _iter_raw(path, fmt)
+    return RawRows(path.name, fmt, options.base(path)), _iter_raw(path, fmt, options.delimiter)
 
 
 def items_of(source: RawRows, rows: Iterable[tuple[int, RawRow]], *, with_hash: bool = True) -> list[Item]:
@@ -464,24 +556,28 @@ def items_of(source: RawRows, rows: Iterable[tuple[int, RawRow]], *, with_hash: 
 
 
 def item_files(item: Item) -> list[Path]:
-    """Every file the item names, in column order (audio, images, video, then each turn's)."""
+    """Every local file the item names, in column order (audio, images, video, then each turn's); remote
+    ones are not."""
     turn_files = [p for t in item.turns for p in (t.audio, *t.images, t.video)]
-    return [p for p in (item.audio, *item.images, item.video, *turn_files) if p is not None]
+    return [p for p in (item.audio, *item.images, item.video, *turn_files) if isinstance(p, Path)]
 
 
 def missing_files(item: Item) -> list[Path]:
-    """The files an item names that are not there as readable regular files."""
+    """The local files an item names that are not there as readable regular files (remote files are
+    checked when they are fetched)."""
     return [p for p in item_files(item) if not (p.is_file() and os.access(p, os.R_OK))]
 
 
 def has_input(item: Item) -> bool:
     """Whether the row gives the model anything at all (audio, image, video, prompt or turns)."""
-    return bool(item.audio or item.images or item.video or item.prompt or item.turns)
+    return bool(item.audio or item.images or item.video or item.prompt or item.turns or item.refused)
 
 
 def validate_item(item: Item) -> None:
-    """Raise the row's own error: ItemError when it has no input (or a turn has none, or the row mixes
-    turns with inputs of its own), InputFileError for a missing file."""
+    """Raise the row's own error: MediaRefused for a file it may not name, ItemError when it has no input
+    (or a turn has none, or the row mixes turns with inputs of its own), InputFileError for a missing file."""
+    if item.refused:
+        raise MediaRefused(f"row {item.row} (id {item.id!r}): " + "; ".join(item.refused))
     if not has_input(item):
         raise ItemError(f"row {item.row} (id {item.id!r}) has no input: none of audio, image, video, prompt")
     if item.turns and (item.audio or item.images or item.video or item.prompt):
@@ -524,10 +620,10 @@ def _rows_list(rows: list[int]) -> str:
     return f"rows {shown}{more} and {rows[-1]}"
 
 
-def _duplicate_ids(path: Path, colliding: set[int]) -> list[tuple[str, list[int]]]:
+def _duplicate_ids(path: Path, colliding: set[int], options: ManifestOptions) -> list[tuple[str, list[int]]]:
     """Second pass, only when hashes collide: the real ids of the rows with those hashes, by id."""
     by_id: dict[str, list[int]] = {}
-    for item in iter_items(path, with_hash=False):
+    for item in iter_items(path, with_hash=False, options=options):
         if _id_key(item.id) in colliding:
             by_id.setdefault(item.id, []).append(item.row)
     return [(item_id, rows) for item_id, rows in by_id.items() if len(rows) > 1]
@@ -543,12 +639,27 @@ def _duplicate_error(path: Path, duplicates: list[tuple[str, list[int]]]) -> Man
     return ManifestError(f"{path.name}: duplicate ids: " + "; ".join(lines) + hint)
 
 
-def check_manifest(path: Path) -> ManifestSummary:
+def _column_hints(columns: list[str]) -> list[str]:
+    """For columns that match no known column but look like one: "'Audio File' (did you mean 'audio'?)"."""
+    hints = []
+    for column in columns:
+        if column in KNOWN_COLUMNS:
+            continue
+        simple = re.sub(r"[^a-z]", "", column.lower())
+        close = difflib.get_close_matches(simple, KNOWN_COLUMNS, n=1, cutoff=0.75)
+        close = close or [k for k in KNOWN_COLUMNS if len(k) > 3 and simple.startswith(k)]
+        if close:
+            hints.append(f"{column!r} (did you mean {close[0]!r}?)")
+    return hints
+
+
+def check_manifest(path: Path, *, options: ManifestOptions | None = None) -> ManifestSummary:
     """One streaming pass: raise ManifestError if the manifest is unusable as a whole, else summarise it.
 
     Memory stays bounded: per row only a 64-bit id hash is kept.
     """
     path = Path(path)
+    options = options or _DEFAULT_OPTIONS
     fmt = manifest_format(path)
     _open_check(path)
     # Every CSV/Parquet row carries all named columns; JSONL lines may differ, so take the union.
@@ -560,8 +671,8 @@ def check_manifest(path: Path) -> ManifestSummary:
     no_input: list[int] = []
     no_input_count = 0
     compressed = 0
-    base = path.absolute().parent
-    for number, raw in _iter_raw(path, fmt):
+    base = options.base(path)
+    for number, raw in _iter_raw(path, fmt, options.delimiter):
         if fmt == "jsonl" or not seen_columns:
             seen_columns.update(dict.fromkeys(raw))
         item = _to_item(number, raw, base, f"{path.name}: {_where(fmt, number)}", with_hash=False)
@@ -584,14 +695,21 @@ def check_manifest(path: Path) -> ManifestSummary:
 
     all_columns = list(seen_columns)
     if count == 0:
-        raise ManifestError(f"manifest {path} has no rows")
+        raise ManifestError(f"manifest {options.shown(path)} has no rows")
+    hints = _column_hints(all_columns)
     if not any(c in all_columns for c in INPUT_COLUMNS):
-        found = ", ".join(all_columns) or "none"
+        found = ", ".join(repr(c) for c in all_columns) or "none"
+        hint = f"; {', '.join(hints)}" if hints else ""
+        if fmt == "csv" and len(all_columns) == 1 and options.delimiter is None:
+            hint += "; if the file uses another delimiter, pass --delimiter"
         raise ManifestError(
-            f"{path.name}: no input column: need at least one of audio, image, video, prompt (found: {found})"
+            f"{path.name}: no input column: need at least one of audio, image, video, prompt; no column "
+            f"matches one (found: {found}){hint}"
         )
+    for hint in hints:
+        log.warning("%s: column %s matches no known column: passed through to the results as it is", path.name, hint)
     colliding = _colliding_keys(keys)
-    duplicates = _duplicate_ids(path, colliding) if colliding else []
+    duplicates = _duplicate_ids(path, colliding, options) if colliding else []
     if duplicates:
         raise _duplicate_error(path, duplicates)
     known = [c for c in KNOWN_COLUMNS if c in all_columns]

@@ -43,9 +43,10 @@ from __future__ import annotations
 import bisect
 import io
 import math
+import warnings
 import wave
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,7 +55,10 @@ import av.error
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from batchqwen import images as image_plan
+from batchqwen import probe
 from batchqwen.errors import InputFileError, MediaError
+from batchqwen.images import DEFAULT_IMAGES_PER_SECOND, ImageFrames, ImageParts
 from batchqwen.items import INPUT_BYTES_PER_SECOND, INPUT_SAMPLE_RATE, Item, PreparedInput, TimedImage
 
 MAX_IMAGE_LONG_SIDE = 1920
@@ -79,13 +83,36 @@ _FRAME_TIME_TOLERANCE = 1e-3  # seconds: container timestamps are rounded to the
 # FFmpeg's default stream analysis reads up to 5 s of packets: ~30-60 ms for a WAV. Probes only need
 # header fields (and fall back to decoding when a duration is missing), so they read far less.
 _QUICK_PROBE = {"probesize": "65536", "analyzeduration": "200000"}
+# Multichannel -> mono: ITU-R BS.775 (Table 2, 3/2 to 1/0): M = 0.7071 (L + R) + C + 0.5 (Ls + Rs), LFE
+# dropped. A voice in the centre channel keeps its level (FFmpeg's default matrix, normalised for s16,
+# put it 11 dB down); mono and stereo keep FFmpeg's own conversion.
+DOWNMIX_COEFFICIENTS = {
+    "FL": 0.7071, "FR": 0.7071, "FC": 1.0, "LFE": 0.0, "LFE2": 0.0,
+    "BL": 0.5, "BR": 0.5, "SL": 0.5, "SR": 0.5, "BC": 0.7071,
+    "FLC": 0.7071, "FRC": 0.7071, "TC": 0.5,
+}  # fmt: skip
+_OTHER_CHANNEL = 0.5  # height and wide channels
+
+# Pillow's other warnings go to the row's notes; its decompression-bomb warning is raised (this filter
+# goes in front), so it becomes the row's plain error (MAX_SOURCE_PIXELS is batchqwen's own check)
+image_plan.install_warning_hook()
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
 # --------------------------------------------------------------------------------------------- files
 
 
-def _check_file(path: Path) -> None:
+def _rewound(path: probe.Source) -> Any:
+    """A path as it is; an open file (a remote object read by ranges) from its start."""
+    if not isinstance(path, Path):
+        path.seek(0)
+    return path
+
+
+def _check_file(path: probe.Source) -> None:
     """Missing / not a regular file -> InputFileError; zero bytes -> MediaError."""
+    if not isinstance(path, Path):
+        return  # an open file: whoever opened it said what was wrong with it
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -123,11 +150,16 @@ def decode_audio(path: Path) -> bytes:
     Raises InputFileError when the file is missing, MediaError when it is empty, corrupt, not audio,
     has no audio stream, or yields no samples.
     """
+    return decode_audio_noted(path)[0]
+
+
+def decode_audio_noted(path: Path) -> tuple[bytes, tuple[str, ...]]:
+    """:func:`decode_audio` and the notes for the row (a multichannel downmix)."""
     header = _pcm_wav_header(path)
     if header is not None and header[1:] == (1, 2, INPUT_SAMPLE_RATE) and header[0] > 0:
         # already what the service takes: read the samples as they are, no decoder needed
         with wave.open(str(path), "rb") as wav:
-            return wav.readframes(header[0])
+            return wav.readframes(header[0]), ()
     # headers only first (FFmpeg's full stream analysis costs ~30 ms on a WAV); the full analysis is
     # the fallback for containers whose audio stream shows up only later in the file
     for quick in (True, False):
@@ -137,11 +169,12 @@ def decode_audio(path: Path) -> bytes:
                     continue
                 raise MediaError(f"no audio stream in {path}")
             stream = container.streams.audio[0]
-            pcm = b"".join(_decode_audio_stream(container, stream, path))
+            mixer = MonoMixer()
+            pcm = b"".join(_decode_audio_stream(container, stream, path, mixer))
             break
     if not pcm:
         raise MediaError(f"corrupt or unsupported audio: {path} (no audio samples could be decoded)")
-    return pcm
+    return pcm, mixer.notes
 
 
 def _pcm_wav_header(path: Path) -> tuple[int, int, int, int] | None:
@@ -167,31 +200,74 @@ def _pcm_of(frames: list[av.AudioFrame]) -> bytes:
     return b"".join(frame.to_ndarray().tobytes() for frame in frames)
 
 
-def _decode_audio_stream(container: Any, stream: Any, path: Path) -> Iterator[bytes]:
-    resampler = _new_resampler()
+def _decode_audio_stream(container: Any, stream: Any, path: Path, mixer: MonoMixer | None = None) -> Iterator[bytes]:
+    mixer = mixer or MonoMixer()
     try:
         for frame in container.decode(stream):
-            yield _pcm_of(resampler.resample(frame))
-        yield _pcm_of(resampler.resample(None))  # flush what the resampler holds back
+            yield mixer.mix(frame)
+        yield mixer.flush()  # flush what the resampler holds back
     except (av.error.FFmpegError, ValueError) as exc:
         raise MediaError(f"corrupt or unsupported audio: {path} ({_reason(exc)})") from None
 
 
-def probe_audio_seconds(path: Path) -> float:
-    """Duration in seconds of the first audio stream, from container metadata (no decoding).
+class MonoMixer:
+    """Decoded audio frames -> PCM16LE mono 16 kHz bytes: FFmpeg's conversion for mono and stereo, the
+    :data:`DOWNMIX_COEFFICIENTS` (ITU-R BS.775) for more channels, so a centre-channel voice keeps its level."""
 
-    Falls back to decoding only when the container states no duration. Same errors as decode_audio.
-    """
-    header = _pcm_wav_header(path)
-    if header is not None and header[0] > 0:
-        return header[0] / header[3]
-    with _open_container(path, "audio", quick=True) as container:
-        if not container.streams.audio:
-            raise MediaError(f"no audio stream in {path}")
-        seconds = _stream_seconds(container, container.streams.audio[0])
-    if seconds is None:
-        return len(decode_audio(path)) / INPUT_BYTES_PER_SECOND
-    return seconds
+    def __init__(self) -> None:
+        self._resampler: av.AudioResampler | None = None
+        self._coefficients: np.ndarray[Any, np.dtype[np.float32]] | None = None
+        self.notes: tuple[str, ...] = ()
+
+    def mix(self, frame: av.AudioFrame) -> bytes:
+        if self._resampler is None:
+            self._start(frame)
+        assert self._resampler is not None
+        return self._pcm(self._resampler.resample(frame))
+
+    def flush(self) -> bytes:
+        return b"" if self._resampler is None else self._pcm(self._resampler.resample(None))
+
+    def _start(self, frame: av.AudioFrame) -> None:
+        names = [channel.name for channel in frame.layout.channels]
+        if len(names) <= 2:
+            self._resampler = _new_resampler()
+            return
+        weights = [DOWNMIX_COEFFICIENTS.get(name, _OTHER_CHANNEL) for name in names]
+        self._coefficients = np.asarray(weights, dtype=np.float32)
+        self._resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=INPUT_SAMPLE_RATE)
+        self.notes = (
+            f"{frame.layout.name} audio downmixed to mono with ITU-R BS.775 coefficients"
+            " (centre 1.0, front 0.7071, surround 0.5, LFE dropped)",
+        )
+
+    def _pcm(self, frames: list[av.AudioFrame]) -> bytes:
+        if self._coefficients is None:
+            return _pcm_of(frames)
+        out = []
+        for frame in frames:
+            mono = self._coefficients @ frame.to_ndarray()  # (channels,) @ (channels, samples)
+            out.append(np.clip(np.rint(mono * 32767.0), -32768, 32767).astype("<i2").tobytes())
+        return b"".join(out)
+
+
+def probe_audio_seconds(path: Path) -> float:
+    """Duration in seconds of the first audio stream, from container metadata (no decoding), with the
+    fallbacks of :func:`batchqwen.probe.probe_audio` where a header is missing or wrong. Same errors as
+    decode_audio."""
+    return measure_audio(path).seconds
+
+
+def measure_audio(path: probe.Source) -> probe.Measured:
+    """:func:`probe_audio_seconds` with how it was measured (``header``, ``file_size``, ``packet_scan``,
+    ``decode``) and why a fallback was taken."""
+    return probe.probe_audio(path, decode=_decoded_seconds)
+
+
+def _decoded_seconds(source: probe.Source) -> float:
+    if not isinstance(source, Path):
+        raise MediaError("corrupt or unsupported audio: no duration in its header or packets")
+    return len(decode_audio(source)) / INPUT_BYTES_PER_SECOND
 
 
 def _stream_seconds(container: Any, stream: Any) -> float | None:
@@ -238,22 +314,48 @@ def fit_image_size(width: int, height: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _open_image(path: Path) -> Image.Image:
-    """Lazy Pillow open with the size guard; no pixels decoded yet."""
+def _open_image(path: probe.Source) -> Image.Image:
+    """Lazy Pillow open with the size guard; no pixels decoded yet. ``path`` may be an open binary file
+    (a remote object read by ranges)."""
     _check_file(path)
     try:
-        image = Image.open(path)
+        try:
+            image = Image.open(_rewound(path))
+        except UnidentifiedImageError:
+            if not image_plan.register_plugins():  # HEIC/HEIF: its plugin is loaded on first need
+                raise
+            image = Image.open(_rewound(path))
     except PermissionError as exc:
         raise InputFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        # the warning arrives as an exception only where warnings are errors (e.g. under pytest)
-        raise MediaError(f"image too large: {path} (over {MAX_SOURCE_PIXELS:,} pixels)") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        # the warning is raised as an exception (the filter set at import), never printed raw
+        raise MediaError(
+            f"image too large: {path} (over {MAX_SOURCE_PIXELS:,} pixels, Pillow's decompression-bomb limit):"
+            " scale it down before sending it"
+        ) from None
+    except UnidentifiedImageError as exc:
+        raise MediaError(_unreadable(path, exc)) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise MediaError(f"not an image Pillow can read: {path} ({_reason(exc)})") from None
     if image.width * image.height > MAX_SOURCE_PIXELS:
         image.close()
         raise MediaError(f"image too large: {path} ({image.width}x{image.height} is over {MAX_SOURCE_PIXELS:,} pixels)")
     return image
+
+
+def _unreadable(path: probe.Source, exc: BaseException) -> str:
+    """A message for a file Pillow cannot identify that names its format and what to do."""
+    try:
+        if isinstance(path, Path):
+            with path.open("rb") as handle:
+                head = handle.read(64)
+        else:
+            head = _rewound(path).read(64)
+    except OSError:
+        head = b""
+    named = path if isinstance(path, Path) else Path(str(getattr(path, "name", "")))
+    kind, advice = image_plan.describe_unreadable(named, head)
+    return f"not an image Pillow can read: {path} is {kind} ({_reason(exc)}); {advice}"
 
 
 def _orientation(image: Image.Image) -> int:
@@ -373,6 +475,63 @@ def _oriented_size(image: Image.Image) -> tuple[int, int]:
     return (height, width) if _orientation(image) in _SWAPPING_ORIENTATIONS else (width, height)
 
 
+def _frame_count(image: Image.Image) -> int:
+    """Frames or pages of an animated / multi-page image (1 for anything else)."""
+    if image.format not in image_plan.MULTI_FRAME_FORMATS:
+        return 1
+    try:
+        return max(1, int(getattr(image, "n_frames", 1)))
+    except (OSError, ValueError, EOFError):
+        return 1
+
+
+def probe_image_parts(path: probe.Source, *, image_frames: ImageFrames = "first") -> tuple[tuple[int, int], ImageParts]:
+    """The upright size of an image and what it would send (frames × tiles), from its header. Raises
+    MediaError for an image too thin to read."""
+    with _open_image(path) as image:
+        oriented = _oriented_size(image)
+        try:
+            parts = image_plan.plan_parts(image.format or "", oriented, _frame_count(image), image_frames)
+        except ValueError as exc:
+            raise MediaError(f"{path}: {exc}") from None
+    return oriented, parts
+
+
+def part_sizes(oriented: tuple[int, int], parts: ImageParts, kept: int) -> list[tuple[int, int]]:
+    """The sizes of the first ``kept`` parts, as sent (each tile fitted like an image)."""
+    boxes = image_plan.tile_boxes(*oriented)
+    sizes = [fit_image_size(right - left, bottom - top) for left, top, right, bottom in boxes]
+    return [sizes[n % len(sizes)] for n in range(kept)]
+
+
+def prepare_image_parts(path: Path, parts: ImageParts, kept: int) -> list[TimedImage]:
+    """The first ``kept`` parts of an image file (frame by frame, tile by tile), each prepared like
+    :func:`prepare_image`, at 0 s (the caller places them)."""
+    if parts.count == 1 or (kept <= 1 and parts.tiles == 1):
+        return [prepare_image(path)]
+    out: list[TimedImage] = []
+    with _open_image(path) as image:
+        try:
+            for frame in range(parts.frames):
+                if len(out) >= kept:
+                    break
+                if frame:
+                    image.seek(frame)
+                picture = ImageOps.exif_transpose(image.convert("RGBA") if image.mode == "P" else image)
+                picture = _normalize_mode(picture)
+                for left, top, right, bottom in image_plan.tile_boxes(*picture.size):
+                    if len(out) >= kept:
+                        break
+                    tile = picture.crop((left, top, right, bottom))
+                    data, width, height = _encode_jpeg(tile, fit_image_size(*tile.size))
+                    out.append(TimedImage(at_seconds=0.0, jpeg=data, width=width, height=height))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise MediaError(f"image too large: {path}") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise MediaError(f"not an image Pillow can read: {path} ({_reason(exc)})") from None
+    return out
+
+
 # --------------------------------------------------------------------------------------------- video
 
 
@@ -400,27 +559,51 @@ class VideoProbe:
     audio_seconds: float  # 0.0 when the video has no audio track
     frame_times: tuple[float, ...]  # the sampling moments (actual frames may sit a little later)
     frame_size: tuple[int, int]  # the size frames are sent at (fit_frame_size of the video's size)
+    duration_method: probe.Method = "header"  # how the video's length was measured (see batchqwen.probe)
+    audio_method: probe.Method | None = "header"  # how its audio track's was; None when it has none
+    notes: tuple[str, ...] = ()  # why a fallback was taken
+    bytes_read: int | None = None  # a packet scan's: the file's size (it reads the packets through)
 
 
-def probe_video(path: Path, *, fps: float = 1.0, max_frames: int = DEFAULT_MAX_VIDEO_FRAMES) -> VideoProbe:
-    """Duration, audio length, sampling moments and sent frame size of a video, without decoding."""
+def probe_video(path: probe.Source, *, fps: float = 1.0, max_frames: int = DEFAULT_MAX_VIDEO_FRAMES) -> VideoProbe:
+    """Duration, audio length, sampling moments and sent frame size of a video, without decoding: the
+    lengths as :func:`batchqwen.probe.stream_duration` measures them (the header where sound, else a
+    packet scan), the same measure the run samples its frames on. ``path`` may be an open binary file
+    (a remote object read by ranges)."""
     for quick in (True, False):  # a container whose headers lack the frame size gets the full analysis
-        with _open_container(path, "video", quick=quick) as container:
+        opened = (
+            _open_container(path, "video", quick=quick)
+            if isinstance(path, Path)
+            else probe.open_container(path, "video", quick=quick)
+        )
+        with opened as container:
             if not container.streams.video:
                 raise MediaError(f"no video stream in {path}")
             video = container.streams.video[0]
-            duration = _stream_seconds(container, video) or 0.0
-            audio_seconds = 0.0
-            if container.streams.audio:
-                audio_seconds = _stream_seconds(container, container.streams.audio[0]) or duration
             width, height = video.codec_context.width, video.codec_context.height
-        if width > 0 and height > 0:
-            return VideoProbe(
-                duration_seconds=duration,
-                audio_seconds=audio_seconds,
-                frame_times=video_frame_times(duration, fps=fps, max_frames=max_frames),
-                frame_size=fit_frame_size(width, height),
-            )
+            if width <= 0 or height <= 0:
+                continue
+            try:
+                measured = probe.stream_duration(container, video)
+                audio = None
+                if container.streams.audio:
+                    if measured is None or measured.method != "header":
+                        container.seek(0)  # the packet scan read to the end
+                    audio = probe.stream_duration(container, container.streams.audio[0])
+            except (av.error.FFmpegError, ValueError) as exc:
+                raise MediaError(f"corrupt or unsupported video: {path} ({_reason(exc)})") from None
+        duration = measured.seconds if measured is not None else 0.0
+        notes = [m.note for m in (measured, audio) if m is not None and m.note]
+        return VideoProbe(
+            duration_seconds=duration,
+            audio_seconds=0.0 if not audio else audio.seconds,
+            frame_times=video_frame_times(duration, fps=fps, max_frames=max_frames),
+            frame_size=fit_frame_size(width, height),
+            duration_method=measured.method if measured is not None else "decode",
+            audio_method=None if audio is None else audio.method,
+            notes=tuple(dict.fromkeys(notes)),
+            bytes_read=probe.file_size(path) if notes else None,
+        )
     raise MediaError(f"corrupt or unsupported video: {path} (no frame size)")
 
 
@@ -481,6 +664,7 @@ class VideoRead:
     key_frames: int  # how many of the frames are key frames taken as they are
     largest_gap_seconds: float  # the largest distance from a frame to its target
     notes: tuple[str, ...]  # for the row's notes: how the frames were chosen
+    duration_seconds: float | None = None  # the video's length the moments were taken on
 
 
 def read_video(
@@ -514,21 +698,28 @@ def read_video(
             raise MediaError(f"no video stream in {path}")
         video = container.streams.video[0]
         audio = container.streams.audio[0] if with_audio and container.streams.audio else None
-        duration = _stream_seconds(container, video)
         encoder = _FrameEncoder()
+        mixer = MonoMixer()
         try:
+            # the moments come from the same measure of the video's length as the estimate's
+            measured = probe.stream_duration(container, video)
+            if measured is None or measured.method != "header":
+                container.seek(0)  # the packet scan read to the end
+            duration = measured.seconds if measured is not None else None
             read = None
             if video_frames == "keyframes":
                 read = _read_by_keyframes(
-                    container, video, audio, encoder, duration, fps, max_frames, keyframe_tolerance
+                    container, video, audio, encoder, duration, fps, max_frames, keyframe_tolerance, mixer
                 )
                 if read is None:  # key frames that cannot be found or reached by seeking: decode in order
                     container.seek(0)
+                    mixer = MonoMixer()
             if read is None:
-                read = _read_in_order(container, video, audio, encoder, duration, fps, max_frames)
+                read = _read_in_order(container, video, audio, encoder, duration, fps, max_frames, mixer)
         except (av.error.FFmpegError, ValueError) as exc:
             raise MediaError(f"corrupt or unsupported video: {path} ({_reason(exc)})") from None
     pcm, frames, targets, keys, mode = read
+    mixer_notes = mixer.notes
     gap = max((abs(frame.at_seconds - target) for frame, target in zip(frames, targets, strict=False)), default=0.0)
     notes = [_frames_note(frames, targets, keys, gap, mode, fps)]
     if frames and encoder.scaled_from is not None:
@@ -539,6 +730,14 @@ def read_video(
         )
     if len(frames) < len(targets):
         notes.append(f"video has {len(frames)} distinct frames for {len(targets)} sampling moments")
+    if encoder.rotation and frames:
+        notes.append(
+            f"video rotated {encoder.rotation}° clockwise (its display matrix): frames sent upright at"
+            f" {frames[0].width}x{frames[0].height}"
+        )
+    if measured is not None and measured.note:
+        notes.append(measured.note)
+    notes.extend(mixer_notes)
     return VideoRead(
         pcm16=pcm,
         frames=frames,
@@ -546,6 +745,7 @@ def read_video(
         key_frames=keys,
         largest_gap_seconds=gap,
         notes=tuple(notes),
+        duration_seconds=duration,
     )
 
 
@@ -570,7 +770,14 @@ def _targets_for(duration: float | None, fps: float, max_frames: int) -> tuple[f
 
 
 def _read_in_order(
-    container: Any, video: Any, audio: Any, encoder: _FrameEncoder, duration: float | None, fps: float, max_frames: int
+    container: Any,
+    video: Any,
+    audio: Any,
+    encoder: _FrameEncoder,
+    duration: float | None,
+    fps: float,
+    max_frames: int,
+    mixer: MonoMixer | None = None,
 ) -> _ReadResult:
     """Every frame decoded in file order; the first frame at or after each moment is kept (the exact mode)."""
     video.thread_type = "AUTO"  # every frame is decoded: frame threads pay for themselves here
@@ -578,14 +785,14 @@ def _read_in_order(
     targets = list(all_targets)
     taken: list[float] = []
     start = _start_seconds(video)
-    resampler = _new_resampler()
+    resampler = mixer or MonoMixer()
     pcm: list[bytes] = []
     frames: list[TimedImage] = []
     streams = [video] if audio is None else [video, audio]
     for packet in container.demux(*streams):
         for frame in packet.decode():
             if isinstance(frame, av.AudioFrame):
-                pcm.append(_pcm_of(resampler.resample(frame)))
+                pcm.append(resampler.mix(frame))
             elif isinstance(frame, av.VideoFrame) and targets and frame.time is not None:
                 at = max(0.0, float(frame.time) - start)
                 if at + _FRAME_TIME_TOLERANCE >= targets[0]:
@@ -596,7 +803,7 @@ def _read_in_order(
         if not targets and audio is None:
             break  # every frame taken and no sound wanted: skip the rest of the file
     if audio is not None:
-        pcm.append(_pcm_of(resampler.resample(None)))
+        pcm.append(resampler.flush())
     # unknown length: the moments are those the video reached
     return b"".join(pcm), tuple(frames), all_targets if duration is not None else tuple(taken), 0, "exact"
 
@@ -616,6 +823,7 @@ def _read_by_keyframes(
     fps: float,
     max_frames: int,
     tolerance: float | None,
+    mixer: MonoMixer | None = None,
 ) -> _ReadResult | None:
     """The keyframes mode; None when the file's key frames cannot be found or reached (then the caller
     decodes in order)."""
@@ -626,7 +834,7 @@ def _read_by_keyframes(
     # pass 1: packets only (no video decoding): key frame times, the end of the video, and the audio
     keys: list[float] = []
     end = 0.0
-    resampler = _new_resampler()
+    resampler = mixer or MonoMixer()
     pcm: list[bytes] = []
     streams = [video] if audio is None else [video, audio]
     for packet in container.demux(*streams):
@@ -638,9 +846,9 @@ def _read_by_keyframes(
                     keys.append(at)
         else:
             for sound in packet.decode():
-                pcm.append(_pcm_of(resampler.resample(sound)))
+                pcm.append(resampler.mix(sound))
     if audio is not None:
-        pcm.append(_pcm_of(resampler.resample(None)))
+        pcm.append(resampler.flush())
     keys.sort()
     if not keys:
         return None
@@ -767,6 +975,7 @@ class _FrameEncoder:
         self._rung = 0
         self._sizes: dict[tuple[int, int], tuple[int, int]] = {}
         self.scaled_from: tuple[int, int] | None = None
+        self.rotation = 0  # degrees clockwise applied to the last frame (its display matrix), 0/90/180/270
 
     def encode(self, frame: av.VideoFrame, at_seconds: float) -> TimedImage:
         source = (frame.width, frame.height)
@@ -779,6 +988,7 @@ class _FrameEncoder:
         else:
             rgb = frame.reformat(format="rgb24")
         image: Image.Image = rgb.to_image()  # type: ignore[no-untyped-call]  # PyAV leaves it untyped
+        image = self._upright(frame, image)
         for rung in range(self._rung, len(JPEG_QUALITY_LADDER)):
             data = _jpeg_bytes(image, JPEG_QUALITY_LADDER[rung])
             if len(data) <= MAX_JPEG_BYTES:
@@ -788,6 +998,19 @@ class _FrameEncoder:
         self._rung = len(JPEG_QUALITY_LADDER) - 1
         data, width, height = _encode_jpeg(image, size)  # noise-like frame: the shrinking last resort
         return TimedImage(at_seconds=at_seconds, jpeg=data, width=width, height=height)
+
+    def _upright(self, frame: av.VideoFrame, image: Image.Image) -> Image.Image:
+        """The picture turned as the stream's display matrix says (phones record portrait video as
+        landscape frames with a 90° flag). PyAV gives the matrix's rotation counter-clockwise."""
+        try:
+            ccw = round(float(frame.rotation or 0) / 90) * 90 % 360
+        except (TypeError, ValueError):
+            ccw = 0
+        self.rotation = (360 - ccw) % 360
+        if ccw == 0:
+            return image
+        turn = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+        return image.transpose(turn[ccw])
 
 
 def _prepare_frame(frame: av.VideoFrame, at_seconds: float) -> TimedImage:
@@ -804,6 +1027,13 @@ def image_times(count: int, audio_seconds: float) -> tuple[float, ...]:
     return tuple(min(float(k), end) for k in range(count))
 
 
+def silence_note(seconds: float, *, under_video: bool) -> str:
+    """The row's note for padded silence (the run's and the estimate's)."""
+    if under_video:
+        return f"{seconds:.3f} s of silence sent under a video with no sound (its frames need audio)"
+    return f"{seconds:.3f} s of silence sent as the audio: the item has none (--pad-silence)"
+
+
 def prepare_item(
     item: Item,
     *,
@@ -811,17 +1041,31 @@ def prepare_item(
     max_video_frames: int = DEFAULT_MAX_VIDEO_FRAMES,
     pad_silence_seconds: float = 0.0,
     video_frames: VideoFrames = "keyframes",
+    image_frames: ImageFrames = "first",
+    images_per_second: float = DEFAULT_IMAGES_PER_SECOND,
+    pad_under_frames: bool = False,
 ) -> PreparedInput:
     """Decode everything one item sends: audio (the audio file, else the video's track), video frames,
     images placed by :func:`image_times`; all images in time order. When nothing gives audio and
-    ``pad_silence_seconds`` > 0, that much silence is the audio (the service needs audio before images).
-    ``video_frames`` picks the video's frames (see :func:`read_video`); how they were picked, and the
-    largest gap from a frame to its moment, are in the result's ``notes``."""
+    ``pad_silence_seconds`` > 0, that much silence is the audio (the service needs audio before images);
+    with ``pad_under_frames`` (a family whose images a second are a hard limit: LiveTranslate), under a
+    video with no sound, silence as long as the video, so its frames are not refused.
+    ``video_frames`` picks the video's frames (see :func:`read_video`); ``image_frames`` says whether
+    animated / multi-page images send their first frame or all (see :mod:`batchqwen.images`), and extra
+    images (frames, tiles) stop at what ``images_per_second`` allows for the audio. Everything decided
+    (frames picked, rotation, downmix, silence, what was dropped) is in the result's ``notes``."""
     pcm = b""
     frames: tuple[TimedImage, ...] = ()
-    notes: tuple[str, ...] = ()
+    notes: list[str] = []
+    video_seconds = 0.0
+    remote = [ref for ref in (item.audio, *item.images, item.video) if ref is not None and not isinstance(ref, Path)]
+    if remote:  # the runner fetches remote media before this (batchqwen.storage.fetch.localise)
+        raise MediaError(f"not fetched yet: {remote[0]}")
+    assert isinstance(item.audio, Path | None) and isinstance(item.video, Path | None)
+    local_images = [path for path in item.images if isinstance(path, Path)]
     if item.audio is not None:
-        pcm = decode_audio(item.audio)
+        pcm, mixed = decode_audio_noted(item.audio)
+        notes.extend(mixed)
     if item.video is not None:
         read = read_video(
             item.video,
@@ -830,44 +1074,67 @@ def prepare_item(
             with_audio=item.audio is None,
             video_frames=video_frames,
         )
-        frames, notes = read.frames, read.notes
+        frames = read.frames
+        notes.extend(read.notes)
+        video_seconds = read.duration_seconds or 0.0
         if item.audio is None:
             pcm = read.pcm16
     padded = 0.0
     if not pcm and pad_silence_seconds > 0:
-        pcm = silence(pad_silence_seconds)
+        pad = pad_silence_seconds
+        under_video = pad_under_frames and bool(frames) and video_seconds > pad
+        if under_video:
+            pad = video_seconds
+        pcm = silence(pad)
         padded = len(pcm) / INPUT_BYTES_PER_SECOND
+        notes.append(silence_note(padded, under_video=under_video))
     audio_seconds = len(pcm) / INPUT_BYTES_PER_SECOND
+    with image_plan.pillow_warnings() as warned:
+        planned = [probe_image_parts(path, image_frames=image_frames)[1] for path in local_images]
+        allowed = image_plan.images_allowed(images_per_second, audio_seconds)
+        kept = image_plan.keep_counts(planned, len(frames), allowed)
+        parts: list[TimedImage] = []
+        for path, part, count in zip(local_images, planned, kept, strict=True):
+            parts.extend(prepare_image_parts(path, part, count))
+            notes.extend(image_plan.parts_notes(path, part, count, images_per_second))
+    notes.extend(warned)
     images = [
-        prepare_image(path, at_seconds=at)
-        for path, at in zip(item.images, image_times(len(item.images), audio_seconds), strict=True)
+        replace(image, at_seconds=at) for image, at in zip(parts, image_times(len(parts), audio_seconds), strict=True)
     ]
     ordered = sorted([*frames, *images], key=lambda image: image.at_seconds)  # stable: frames first on ties
-    return PreparedInput(pcm16=pcm, images=tuple(ordered), padded_silence_seconds=padded, notes=notes)
+    return PreparedInput(pcm16=pcm, images=tuple(ordered), padded_silence_seconds=padded, notes=tuple(notes))
 
 
 __all__ = [
     "DEFAULT_MAX_VIDEO_FRAMES",
+    "DOWNMIX_COEFFICIENTS",
     "FRAME_BLOCK_PX",
     "FRAME_MAX_BLOCKS",
     "JPEG_QUALITY_LADDER",
     "MAX_JPEG_BYTES",
     "MAX_SOURCE_PIXELS",
+    "MonoMixer",
     "VideoFrames",
     "VideoProbe",
     "VideoRead",
     "decode_audio",
+    "decode_audio_noted",
     "extract_video",
     "fit_frame_size",
     "fit_image_size",
     "image_times",
+    "measure_audio",
+    "part_sizes",
     "pcm_to_wav",
     "prepare_image",
+    "prepare_image_parts",
     "prepare_item",
     "probe_audio_seconds",
+    "probe_image_parts",
     "probe_image_size",
     "probe_video",
     "read_video",
     "silence",
+    "silence_note",
     "video_frame_times",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from batchqwen.errors import ItemError, UsageError
+from batchqwen.images import DEFAULT_IMAGES_PER_SECOND
 from batchqwen.items import Item
 from batchqwen.models import TEXT_ONLY, ModelInfo, get_model, validate_modalities, validate_voice
 
@@ -33,6 +34,7 @@ class ItemPlan:
     source_language: str | None = None
     video_fps: float = 1.0  # frames a second taken from the item's video
     notes: tuple[str, ...] = ()  # what planning decided that changes what is sent
+    images_per_second: float = DEFAULT_IMAGES_PER_SECOND  # images the family takes per second of audio
 
 
 def check_translation(model: ModelInfo, target: str | None, source: str | None) -> tuple[str | None, str | None]:
@@ -118,4 +120,5 @@ def plan_item(
     # prompt and nothing to look at can do without
     needs_audio = not (info.text_input and prompt and not (item.images or item.video))
     pad = pad_silence_seconds if needs_audio else 0.0
-    return ItemPlan(info, chosen_voice, chosen_modalities, text, prompt, pad, target, source, fps, tuple(notes))
+    rate = info.max_images_per_second or DEFAULT_IMAGES_PER_SECOND
+    return ItemPlan(info, chosen_voice, chosen_modalities, text, prompt, pad, target, source, fps, tuple(notes), rate)

@@ -64,6 +64,9 @@ from batchqwen.realtime.gateways import host_of
 from batchqwen.realtime.protocol import FunctionCall, ToolOutput
 from batchqwen.retry import backoff_delays, classify, is_connection_failure, is_throttling
 from batchqwen.runevents import RUN_EVENTS_NAME, RunEvents
+from batchqwen.storage import fetch
+from batchqwen.storage.locations import Remote
+from batchqwen.storage.outputs import RemoteOut
 
 log = logging.getLogger("batchqwen")
 
@@ -97,6 +100,8 @@ class ItemContext:
     retry: RetryPolicy = field(default_factory=lambda: RetryPolicy())
     toolbox: tools.Toolbox | None = None  # --tools: shared by every session (it holds no per-item state)
     extraction: Extraction | None = None  # --extract
+    cache: fetch.DownloadCache | None = None  # where remote media are downloaded before decoding
+    outputs: RemoteOut | None = None  # a remote OUT: each WAV is stored there before its item is done
 
 
 @dataclass
@@ -240,27 +245,40 @@ async def prepare(item: Item, ctx: ItemContext, *, decoder: Executor | None = No
         "target_language": plan.target_language,
         "notes": list(plan.notes),
     }
+    local = item  # remote media downloaded into the run's cache, held until decoded
     try:
         if talk is not None:
-            decode_turns = functools.partial(conversation.prepare_turns, talk, video_frames=config.video_frames)
+            decode_turns = functools.partial(
+                conversation.prepare_turns, talk, video_frames=config.video_frames, image_frames=config.image_frames
+            )
             turns = await asyncio.get_running_loop().run_in_executor(decoder, decode_turns)
             return ReadyItem(item, plan, turns[0].media, turns=turns, tools=offered)
-        # an item too long for one session is measured and cut here (or refused with --split never)
+        if ctx.cache is not None and fetch.remote_refs(item):
+            local = await asyncio.to_thread(fetch.localise, item, ctx.cache)
+        # an item too long for one session is measured and cut here (or refused with --split never); a
+        # fetched file is copied to the spool, since the cache may let it go before the segments are sent
         decode = functools.partial(
             longaudio.prepare,
-            item,
+            local,
             budget=session_budget(plan, config, ctx.output),
             split=config.split,
             spool_dir=ctx.out_dir / longaudio.SPOOL_DIR,
+            spool_always=local is not item,
             video_fps=plan.video_fps,
             pad_silence_seconds=plan.pad_silence_seconds,
             video_frames=config.video_frames,
+            image_frames=config.image_frames,
+            images_per_second=plan.images_per_second,
+            pad_under_frames=plan.model.max_images_per_second is not None,
         )
         prepared = await asyncio.get_running_loop().run_in_executor(decoder, decode)
     except ItemError as exc:
         return results.failed_row(
             item, exc, attempts=0, secrets=secrets, started_at=started, finished_at=_now(), **chosen
         )
+    finally:
+        if local is not item and ctx.cache is not None:
+            fetch.release(item, ctx.cache)
     if isinstance(prepared, longaudio.LongRecording):
         media_of_all = PreparedInput(images=prepared.images, notes=prepared.notes)
         return ReadyItem(item, plan, media_of_all, tools=offered, recording=prepared)
@@ -539,6 +557,8 @@ async def session(
             row.error_type, row.error_code = "output", None
             row.error_message = results.redact(f"cannot write the output WAV: {exc}", secrets)
         else:
+            if ctx.outputs is not None:  # stored in the remote OUT before the item counts as done
+                await asyncio.to_thread(ctx.outputs.store, wav_path)
             row.output_wav = results.relative_to_out(ctx.out_dir, wav_path)
             row.output_audio_seconds = round(len(result.output_pcm) / (2 * plan.model.output_sample_rate), 3)
     row.input_transcript = result.input_transcript
@@ -906,7 +926,7 @@ def load_run_tools(config: RunConfig) -> tuple[tools.Toolbox | None, Extraction 
 def _estimated_cost_already_done(config: RunConfig, done: results.JournalIndex) -> float:
     """The estimated cost of the items in scope that are already ok with unchanged content."""
     total = 0.0
-    for item in manifest.iter_items(config.manifest, limit=config.limit):
+    for item in manifest.iter_items(config.manifest, limit=config.limit, options=config.manifest_options):
         entry = done.entries.get(item.id)
         if entry is not None and not results.needs_run(item, entry.as_record()):
             total += entry.est_cost or 0.0
@@ -930,20 +950,31 @@ async def run(
     :func:`load_run_tools` gave for this config (the CLI loads them first, to refuse a bad file early).
     """
     started = time.monotonic()
-    summary_check = manifest.check_manifest(config.manifest)
+    summary_check = manifest.check_manifest(config.manifest, options=config.manifest_options)
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out, wait=config.wait_lock):
-        return await _run_locked(
-            config,
-            summary_check,
-            started,
-            retry=retry or RetryPolicy(),
-            window=window,
-            window_margin=window_margin,
-            checkpoint_seconds=checkpoint_seconds,
-            loaded_tools=loaded_tools,
-        )
+        remote = None
+        if config.remote_out is not None:  # ``out`` is the local state directory of a bucket's OUT
+            remote = RemoteOut(
+                Remote(config.remote_out), out, fetch.shared_storage(config.storage), wait_lock=config.wait_lock
+            )
+            await asyncio.to_thread(remote.open)
+        try:
+            return await _run_locked(
+                config,
+                summary_check,
+                started,
+                retry=retry or RetryPolicy(),
+                window=window,
+                window_margin=window_margin,
+                checkpoint_seconds=checkpoint_seconds,
+                remote=remote,
+                loaded_tools=loaded_tools,
+            )
+        finally:
+            if remote is not None:
+                await asyncio.to_thread(remote.close)
 
 
 async def _run_locked(
@@ -956,6 +987,7 @@ async def _run_locked(
     window_margin: float,
     checkpoint_seconds: float,
     loaded_tools: tuple[tools.Toolbox | None, Extraction | None] | None = None,
+    remote: RemoteOut | None = None,
 ) -> RunOutcome:
     out = config.out
     prices = cost.load_prices(config.prices)
@@ -991,12 +1023,15 @@ async def _run_locked(
             pad_silence_seconds=config.pad_silence_seconds,
             out_dir=out,
             video_fps=config.video_fps,
+            image_frames=config.image_frames,
             voice=config.voice,
             target_language=config.translate_to,
             source_language=config.source_language,
             tools=toolbox.catalog if toolbox is not None else None,
             tool_rounds=config.assume_tool_rounds,
             extract=config.extract,
+            manifest_options=config.manifest_options,
+            storage=config.storage,
             split=config.split,
             pace=config.pace,
         )
@@ -1015,7 +1050,7 @@ async def _run_locked(
     def checkpoint(on_row: Callable[[Mapping[str, Any]], None] | None = None) -> Path:
         return results.write_results(
             out,
-            manifest.iter_items(config.manifest),
+            manifest.iter_items(config.manifest, options=config.manifest_options),
             done,
             checked.passthrough_columns,
             on_row=on_row,
@@ -1024,6 +1059,7 @@ async def _run_locked(
 
     if done:  # a resumed run: results.parquet reflects the journal from the start
         await asyncio.to_thread(checkpoint)
+    cache = fetch.DownloadCache.for_run(fetch.shared_storage(config.storage))
 
     async with _endpoint(config) as (url, api_key):
         ctx = ItemContext(
@@ -1035,8 +1071,11 @@ async def _run_locked(
             retry,
             toolbox=toolbox,
             extraction=extraction,
+            cache=cache,
+            outputs=remote,
         )
-        items = _pending_items(manifest.iter_items(config.manifest, limit=config.limit), done, progress, counters)
+        pending = manifest.iter_items(config.manifest, limit=config.limit, options=config.manifest_options)
+        items = _pending_items(pending, done, progress, counters)
         in_flight: set[asyncio.Task[results.ResultRow]] = set()
         stopping = asyncio.Event()
         # Preparation runs ahead of the sessions: a few preparers plan and decode items (in the decoder
@@ -1061,6 +1100,9 @@ async def _run_locked(
             except Exception as exc:  # not the item's (a decoder process that died, a bug): stop, say it
                 message = results.redact(f"{type(exc).__name__}: {exc}", secrets)
                 log.error("stopping the run: preparation failed: %s", message)
+                if not stop_reason and isinstance(exc, OutputUnwritable):  # the download cache's disk is full
+                    stop_reason.append(f"environment: {results.redact(str(exc), secrets)}")
+                    environment_failed.append(stop_reason[0])
                 if not stop_reason:
                     stop_reason.append(f"error: preparation failed: {message}")
                 stopping.set()  # no new item; what is in flight finishes; the rest stays pending
@@ -1253,6 +1295,10 @@ async def _run_locked(
                 if time.monotonic() - last_checkpoint >= checkpoint_seconds and not all_done.done():
                     try:
                         await asyncio.to_thread(checkpoint)
+                        if remote is not None:
+                            await asyncio.to_thread(remote.checkpoint)
+                    except OutputUnwritable as exc:  # the remote OUT: an upload failed, or the lock was lost
+                        output_failed(exc)
                     except OSError as exc:
                         output_failed(OutputUnwritable(f"cannot write {out / 'results.parquet'}: {exc}"))
                     last_checkpoint = time.monotonic()
@@ -1274,6 +1320,7 @@ async def _run_locked(
                 toolbox.close()
             breaker_summary = breaker.summary()
             journal.close()
+            cache.close()
             if event_log is not None:
                 event_log.close()
 
@@ -1301,9 +1348,11 @@ async def _run_locked(
     else:
         exit_code = EXIT_OK
     summary.update(
-        manifest=str(config.manifest),
-        manifest_path=str(Path(config.manifest).resolve()),  # the report finds the input images from anywhere
-        out=str(out),
+        manifest=config.manifest_options.shown(config.manifest),
+        # the report finds the input images from anywhere (a manifest from a bucket or URL: not from here)
+        **({} if config.manifest_options.origin else {"manifest_path": str(Path(config.manifest).resolve())}),
+        out=str(Remote(config.remote_out)) if config.remote_out else str(out),
+        **({"state_dir": str(out)} if config.remote_out else {}),
         model=config.model,
         simulate=config.simulate,
         items_in_manifest=checked.rows,
@@ -1337,6 +1386,12 @@ async def _run_locked(
         log.error("cannot write %s: %s; the run ended with: %s", out / "summary.json", exc, reason)
     if results_path is not None:
         await asyncio.to_thread(_end_of_run_reports, out, html=config.html_report)
+    if remote is not None:
+        try:
+            await asyncio.to_thread(remote.finish)  # every file the run leaves in the state directory
+        except OutputUnwritable as exc:
+            log.error("%s; the state directory %s keeps everything: rerun to store it", exc, out)
+            exit_code, reason = EXIT_ENVIRONMENT, f"environment: {exc}"
     return RunOutcome(exit_code, reason, summary, results_path)
 
 

@@ -115,6 +115,19 @@ def peak_rss(manifest: Path, out: Path) -> float:
     return float(done.stdout.strip())
 
 
+def duration_methods(parquet: Path) -> dict[str, int]:
+    """Rows per ``duration_method`` (header, file_size, packet_scan, decode, ...) of an estimate."""
+    import pyarrow.parquet as pq
+
+    names = pq.read_table(parquet).schema.names
+    if "duration_method" not in names:
+        return {}
+    counts: dict[str, int] = {}
+    for value in pq.read_table(parquet, columns=["duration_method"]).column(0).to_pylist():
+        counts[str(value)] = counts.get(str(value), 0) + 1
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000)
@@ -139,17 +152,20 @@ def main() -> None:
         rows.append({"version": label, "one_row_s": small["wall"], "distinct_s": big["wall"], "rows": args.rows})
         print(f"  {label}: {big['wall']:.2f} s for {args.rows:,} distinct rows", file=sys.stderr)
     rows[1]["ratio"] = rows[1]["distinct_s"] / rows[0]["distinct_s"]
+    methods = duration_methods(folder / "o2" / "estimate.parquet")
     rows[0]["ratio"] = 1.0
     memory: dict[str, float] = {}
     if args.million:
         million = write_manifest(folder / "million.csv", 1_000_000, pairs)
         memory = {"one_row_mb": peak_rss(one, folder / "m1"), "million_mb": peak_rss(million, folder / "m2")}
     if args.json:
-        print(json.dumps({"rows": rows, "memory": memory}))
+        print(json.dumps({"rows": rows, "memory": memory, "duration_methods": methods}))
         return
     header = ["version", f"{args.rows:,} distinct rows s", "1 row s", "vs before"]
     body = [[r["version"], f"{r['distinct_s']:.2f}", f"{r['one_row_s']:.2f}", f"{r['ratio']:.2f}"] for r in rows]
     print(table(header, body))
+    counted = ", ".join(f"{name} {count:,}" for name, count in sorted(methods.items()))
+    print(f"\nhow the rows' audio was measured (estimate.parquet, column duration_method), now: {counted}")
     if memory:
         print(
             f"\npeak RSS, now: one row {memory['one_row_mb']:.0f} MB, 1,000,000 rows over those files"

@@ -148,10 +148,16 @@ def main() -> None:
         "10. Tools and conversations (bench/bench_tools.py; the simulator in the same process here)",
         tooled.stdout.split("\n", 2)[2].strip(),  # without its machine line: the page has one
     )
-    print("11. a 70-minute recording ...", file=sys.stderr, flush=True)
+    print("12. media and outputs in a bucket ...", file=sys.stderr, flush=True)
+    storage_args = [str(HERE / "bench_storage.py")] + (["--quick"] if q else [])
+    stored = subprocess.run([sys.executable, *storage_args], capture_output=True, text=True, check=True, cwd=ROOT)
+    section(
+        "12. Media and outputs in a bucket (moto's S3 server) vs on local disk (bench/bench_storage.py)", stored.stdout
+    )
+    print("13. a 70-minute recording ...", file=sys.stderr, flush=True)
     long_args = [str(HERE / "bench_long.py"), "--formats", "wav" if q else "wav,flac", *([] if q else ["--before"])]
     longer = subprocess.run([sys.executable, *long_args], capture_output=True, text=True, check=True, cwd=ROOT)
-    section("11. A 70-minute recording, split at pauses and run (bench/bench_long.py)", f"```\n{longer.stdout}```")
+    section("13. A 70-minute recording, split at pauses and run (bench/bench_long.py)", f"```\n{longer.stdout}```")
 
     info = machine()
     command = ".venv/bin/python bench/run_all.py" + (" --quick" if q else "")

@@ -299,8 +299,8 @@ def test_a_file_named_on_every_row_is_opened_once(tmp_path: Path, monkeypatch: p
         return wrapper
 
     monkeypatch.setattr(estimate, "_PROBES", estimate.ProbeCache())
-    monkeypatch.setattr(estimate, "probe_audio_seconds", counting(estimate.probe_audio_seconds))
-    monkeypatch.setattr(estimate, "probe_image_size", counting(estimate.probe_image_size))
+    monkeypatch.setattr(estimate, "measure_audio", counting(estimate.measure_audio))
+    monkeypatch.setattr(estimate, "probe_image_parts", counting(estimate.probe_image_parts))
     report = run(manifest, tmp_path / "out")
     assert report.items == 300 and report.problem_count == 0
     assert sorted(opened) == ["one.png", "one.wav"]  # once each, for 300 rows

@@ -406,6 +406,26 @@ def test_headers_without_a_length_are_split_from_what_was_decoded(
         longaudio.prepare(item, budget=budget, split="never", spool_dir=tmp_path / "c")
 
 
+def test_the_pieces_are_the_samples_media_decodes_a_5_1_downmix_included(tmp_path: Path) -> None:
+    """The streaming decoder and media.decode_audio give the same PCM (and the same downmix note) for
+    stereo and 5.1: a long recording sounds as the same file would had it been short."""
+    from media_corpus import centre_voice, encode_audio
+
+    surround = encode_audio(
+        tmp_path / "surround.flac", container_format="flac", codec="flac", seconds=3.0, rate=48_000,
+        layout="5.1", signal=centre_voice(3.0, 48_000),
+    )  # fmt: skip
+    stereo = write_flac(tmp_path / "stereo.flac", signal([("speech", 2.0), ("pause", 0.5)]))
+    for path in (surround, stereo):
+        samples, meter, notes = longaudio.measure(path, tmp_path / f"{path.stem}.spool.wav")
+        with wave.open(str(tmp_path / f"{path.stem}.spool.wav"), "rb") as spooled:
+            pcm = spooled.readframes(spooled.getnframes())
+        whole, whole_notes = media.decode_audio_noted(path)
+        assert pcm == whole and samples == len(whole) // 2 and notes == whole_notes
+        assert np.array_equal(meter.levels()[: len(whole) // 640], vad.frame_dbfs(whole))
+    assert "downmixed to mono" in " ".join(longaudio.measure(surround, tmp_path / "again.wav")[2])
+
+
 def test_a_run_killed_between_segments_resumes_whole_and_counts_what_was_billed(
     tmp_path: Path, low_limit: models.ModelInfo, three_parts: dict[str, Path]
 ) -> None:

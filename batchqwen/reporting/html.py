@@ -179,6 +179,8 @@ def thumbnails(out: Path, data: analysis.RunData, links: Links) -> dict[str, lis
         for item in items:
             names = []
             for image in item.images:
+                if not isinstance(image, Path):
+                    continue  # in a bucket or behind a URL: no thumbnail (nothing is fetched for the report)
                 if image not in keys:
                     try:
                         stat = image.stat()

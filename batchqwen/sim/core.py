@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from batchqwen.errors import ProtocolError, UsageError
@@ -60,6 +60,19 @@ from batchqwen.sim.vad import SpeechDetector
 from batchqwen.tokens import count_text_tokens
 
 IMAGE_BEFORE_AUDIO = "Error append image before append audio."
+
+
+@dataclass
+class ReceivedMedia:
+    """What one session received, as the server counted it (not what the client says it sent): the
+    bytes of audio appended and the size of every image accepted, in order."""
+
+    audio_bytes: int = 0
+    images: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of each JPEG accepted
+
+    @property
+    def audio_seconds(self) -> float:
+        return self.audio_bytes / (INPUT_BYTES_PER_MS * 1000)
 
 
 class ServerSession:
@@ -101,6 +114,7 @@ class ServerSession:
         self._images: list[ImageInfo] = []  # uncommitted images
         self._audio_seen = False
         self._images_received = 0  # for the images-per-second limit (LiveTranslate)
+        self.received = ReceivedMedia()  # the server's own record of the media received
         self._history: list[UserItem] = []  # billed context
         self._pending: list[UserItem] = []  # items the next response answers
         self._calls: dict[str, str] = {}  # call_id -> tool name, of function calls made
@@ -242,6 +256,7 @@ class ServerSession:
             return []
         self._audio_seen = True
         self._buffer += pcm
+        self.received.audio_bytes += len(pcm)
         if self.session["turn_detection"] is None:
             return []
         return self._run_vad()
@@ -278,6 +293,7 @@ class ServerSession:
                 raise Rejected(f"Too many images: at most {rate:g} per second of audio.", param="image")
         self._images_received += 1
         self._images.append(probed)
+        self.received.images.append((probed.width, probed.height))
         return []
 
     def _commit_manual(self) -> list[ev.Event]:

@@ -56,7 +56,7 @@ from websockets.http11 import Request, Response
 from batchqwen.errors import ProtocolError
 from batchqwen.realtime import events as ev
 from batchqwen.sim.config import ARGUMENT_FAULTS, OUTAGE_MODES, OutageMode
-from batchqwen.sim.core import FAULT_KINDS, ServerSession, SimulatorConfig
+from batchqwen.sim.core import FAULT_KINDS, ReceivedMedia, ServerSession, SimulatorConfig
 from batchqwen.sim.quotas import QUOTA_PATH, quota_page
 
 __all__ = [
@@ -72,6 +72,7 @@ __all__ = [
 ]
 
 PATH = "/api-ws/v1/realtime"
+RECEIVED_KEPT = 10_000  # sessions whose received media stats.received remembers
 MALFORMED_FRAME = '{"type": "response.audio.delta", "delta": "AAAA'  # truncated JSON, as a broken proxy might
 _DELTAS = (
     ev.ResponseAudioDelta,
@@ -107,6 +108,9 @@ class SimulatorStats:
     outages: int = 0  # outage windows begun (scheduled or started by start_outage)
     outage_refusals: int = 0  # handshakes and quota requests answered 503 by a "503" outage
     billing: dict[str, list[BilledResponse]] = field(default_factory=dict)  # session id -> responses
+    #: session id -> the audio and images that session received (the server's own count, kept for the
+    #: last RECEIVED_KEPT sessions)
+    received: dict[str, ReceivedMedia] = field(default_factory=dict)
 
     def count_fault(self, kind: str) -> None:
         self.faults[kind] = self.faults.get(kind, 0) + 1
@@ -355,6 +359,9 @@ class Simulator:
             return
         self.stats.sessions += 1
         core = ServerSession(admission.model, config=admission.config)
+        self.stats.received[core.session_id] = core.received
+        if len(self.stats.received) > RECEIVED_KEPT:
+            del self.stats.received[next(iter(self.stats.received))]
         await _Connection(self, ws, core, admission.fault).run()
 
     def _pick_fault(self) -> str | None:

@@ -7,6 +7,8 @@
 #   holding one line `DASHSCOPE_API_KEY=sk-...`; the script refuses a file that group or others can read.
 # - No flock here: batchqwen locks OUT itself (a second run exits 2 naming the holder; add --wait-lock to queue).
 # - Logs go to OUT/logs/YYYY-MM-DD.log (batchqwen's own log, key redacted); stdout/stderr are appended too.
+#   MANIFEST and OUT may be buckets (s3://bucket/jobs/m.csv, s3://bucket/results/nightly; AWS_* variables in
+#   the env file); with a bucket OUT the logs go to $BATCHQWEN_LOG_DIR (default ~/.local/state/batchqwen/logs).
 # - Running it again with the same OUT resumes: items already ok are skipped, failed ones retried.
 #
 # Exit codes (batchqwen's, passed through):
@@ -45,8 +47,12 @@ if [ -z "${DASHSCOPE_API_KEY:-}" ]; then
     exit 2
 fi
 
-mkdir -p "$OUT/logs"
-LOG="$OUT/logs/$(date +%Y-%m-%d).log"
+case "$OUT" in
+    s3://*|gs://*) LOGS=${BATCHQWEN_LOG_DIR:-$HOME/.local/state/batchqwen/logs} ;;  # OUT is a bucket: logs stay here
+    *) LOGS=$OUT/logs ;;
+esac
+mkdir -p "$LOGS"
+LOG="$LOGS/$(date +%Y-%m-%d).log"
 status=0
 "$BATCHQWEN" run "$MANIFEST" --out "$OUT" --quiet --log-file "$LOG" "$@" >>"$LOG" 2>&1 || status=$?
 echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) run-nightly: batchqwen exited $status (summary: $OUT/summary.json)" >>"$LOG"
