@@ -644,7 +644,7 @@ def _check_defaults(
 
 def _estimate(manifest_text: str, out_text: str, options: dict[str, Any]) -> None:
     from batchqwen import cost
-    from batchqwen.estimate import estimate_manifest, format_report, write_estimate_summary
+    from batchqwen.estimate import early_workers, estimate_manifest, format_report, write_estimate_summary
     from batchqwen.manifest import check_manifest
     from batchqwen.models import validate_modalities
     from batchqwen.storage.fetch import shared_storage
@@ -658,14 +658,18 @@ def _estimate(manifest_text: str, out_text: str, options: dict[str, Any]) -> Non
     calibration: Any = None
 
     def work() -> Any:
-        nonlocal calibration
         modalities = validate_modalities(_modalities(options["modalities"]) or ())
         _check_defaults(
             options["model"], options["voice"], modalities, options["translate_to"], options["source_language"]
         )
         storage = _storage_config(options)
         manifest, manifest_options = _open_manifest(manifest_text, storage, options, folder)
-        check_manifest(manifest, options=manifest_options)
+        with early_workers(manifest) as pool:
+            check_manifest(manifest, options=manifest_options)
+            return estimated(manifest, manifest_options, modalities, storage, pool)
+
+    def estimated(manifest: Path, manifest_options: Any, modalities: Any, storage: Any, pool: Any) -> Any:
+        nonlocal calibration
         prices = cost.load_prices(options["prices"])
         output = cost.OutputAssumption(output_seconds_per_item=options["output_seconds"])
         catalog = None
@@ -708,6 +712,7 @@ def _estimate(manifest_text: str, out_text: str, options: dict[str, Any]) -> Non
             extract=options["extract"],
             manifest_options=manifest_options,
             storage=storage,
+            process_pool=pool,
             split=options["split"],
             pace=options.get("pace") or 0.0,  # run --dry-run --pace: the session lifetime counts too
         )

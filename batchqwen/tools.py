@@ -40,8 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from batchqwen.cost import ASSUMED_CALL_TOKENS, ASSUMED_TOOL_OUTPUT_TOKENS, ToolAssumption
 from batchqwen.errors import ItemError, UsageError
 from batchqwen.models import ModelInfo
@@ -80,12 +78,16 @@ def error_output(kind: str, message: str) -> str:
 def validator_of(schema: Mapping[str, Any]) -> Any:
     """A ``jsonschema`` validator for ``schema`` (the draft its ``$schema`` names, 2020-12 by default),
     formats checked."""
+    import jsonschema  # here, not at the top: only runs with tools pay for importing it
+
     validator_class = jsonschema.validators.validator_for(schema)
     return validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
 
 
 def validation_message(schema: Mapping[str, Any], value: Any, validator: Any = None) -> str | None:
     """Why ``value`` does not validate against ``schema`` (the first error, with its JSON path), or None."""
+    import jsonschema
+
     validator = validator if validator is not None else validator_of(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(value))
     if error is None:
@@ -556,6 +558,8 @@ def _declared_tools(path: Path) -> list[Tool]:
             raise UsageError(f"{where} ({name}): 'description' must be text")
         if not isinstance(parameters, dict) or parameters.get("type", "object") != "object":
             raise UsageError(f"{where} ({name}): 'parameters' must be a JSON Schema of type object")
+        import jsonschema
+
         try:
             jsonschema.validators.validator_for(parameters).check_schema(parameters)
         except jsonschema.exceptions.SchemaError as exc:

@@ -329,3 +329,20 @@ def test_a_big_manifest_is_estimated_in_worker_processes_in_manifest_order(tmp_p
     assert [r["audio_seconds"] for r in table[:6]] == [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]
     limited = run(manifest, tmp_path / "out2", limit=estimate.PARALLEL_MIN_ROWS + 10)
     assert limited.items == estimate.PARALLEL_MIN_ROWS + 10
+
+
+def test_flac_length_comes_from_streaminfo_as_ffmpeg_reads_it(tmp_path: Path) -> None:
+    from media_factory import write_audio
+
+    from batchqwen.probe import flac_seconds, probe_audio
+
+    for n, (seconds, rate) in enumerate([(0.7, 16_000), (2.35, 44_100), (3.0, 48_000)]):
+        path = write_audio(tmp_path / f"a{n}.flac", seconds=seconds, rate=rate, channels=1, seed=n)
+        with av.open(str(path)) as container:
+            stream = container.streams.audio[0]
+            assert stream.duration is not None and stream.time_base is not None
+            ffmpeg_seconds = float(stream.duration * stream.time_base)
+        assert flac_seconds(path) == pytest.approx(ffmpeg_seconds, abs=1e-9)
+        assert probe_audio(path).method == "header"
+    not_flac = write_audio(tmp_path / "b.wav", seconds=1.0)
+    assert flac_seconds(not_flac) is None  # no fLaC marker: the caller falls back to FFmpeg

@@ -25,7 +25,6 @@ import hashlib
 import io
 import logging
 import os
-import socket
 import ssl
 import threading
 import time
@@ -34,16 +33,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
-
-import httpcore
-import httpx
-import stamina
+from typing import TYPE_CHECKING, Any
 
 from batchqwen.errors import FetchFailed, InputFileError, MediaRefused, OutputUnwritable, UsageError
 from batchqwen.items import Item
-from batchqwen.storage.locations import Remote, address_refusal, display_url
+from batchqwen.storage.locations import Remote, display_url
 
+if TYPE_CHECKING:
+    import httpx
+
+# httpx, httpcore and stamina are imported where a URL is first read: a run or an estimate of local files
+# (and every estimate worker process) starts without them
 log = logging.getLogger("batchqwen")
 
 FIRST_READ_BYTES = 4_096  # a ranged read starts small (a WAV, PNG or JPEG header fits) ...
@@ -95,6 +95,8 @@ def _is_transient(exc: Exception) -> bool:
         return False
     if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
         return False  # our disk, not the network
+    import httpx
+
     if isinstance(exc, _TransientStatus | httpx.TransportError):
         return not isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL)
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError | PermissionError):
@@ -121,61 +123,14 @@ def _reason(exc: BaseException) -> str:
 def _retrying(options: StorageOptions) -> Iterable[Any]:
     """stamina's retry context for one request (or one download): backoff from 0.2 s doubling to 5 s,
     with jitter, ``options.attempts`` tries."""
+    import stamina
+
     return stamina.retry_context(
         on=_is_transient, attempts=max(1, options.attempts), timeout=None, wait_initial=0.2, wait_max=5.0
     )
 
 
 # --------------------------------------------------------------------------------------------- HTTP
-
-
-class _GuardedBackend(httpcore.SyncBackend):
-    """httpcore's socket backend, refusing addresses :func:`address_refusal` refuses before connecting."""
-
-    def __init__(self, *, allow_private: bool) -> None:
-        self.allow_private = allow_private
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc.strerror or exc}") from exc
-        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-        if not self.allow_private:
-            for address in addresses:
-                refusal = address_refusal(address)
-                if refusal is not None:
-                    literal = address == host.strip("[]")
-                    what = f"{address} is {refusal}" if literal else f"{host} resolves to {address}, {refusal}"
-                    raise MediaRefused(f"{what}, which URL media may not reach (pass --allow-private-urls)")
-        last: Exception | None = None
-        for address in addresses:  # connect to the address checked, not to the name again
-            try:
-                return super().connect_tcp(address, port, timeout, local_address, socket_options)
-            except httpcore.ConnectError as exc:
-                last = exc
-        raise last or httpcore.ConnectError(f"no address for {host}")
-
-
-class _GuardedTransport(httpx.HTTPTransport):
-    """httpx's transport on a connection pool whose sockets go through :class:`_GuardedBackend`."""
-
-    def __init__(self, ssl_context: ssl.SSLContext, *, allow_private: bool, connections: int = 16) -> None:
-        super().__init__(verify=ssl_context, trust_env=False)
-        # httpx builds its pool without a way to pass a network backend: build the same pool with one
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=connections,
-            max_keepalive_connections=connections,
-            network_backend=_GuardedBackend(allow_private=allow_private),
-        )
 
 
 def _status_error(status: int, ref: Remote) -> Exception:
@@ -236,10 +191,13 @@ class Storage:
         with self._lock:
             if self._http is None:
                 import certifi
+                import httpx
+
+                from batchqwen.storage.http import GuardedTransport
 
                 context = ssl.create_default_context(cafile=self.options.cafile() or certifi.where())
                 self._http = httpx.Client(
-                    transport=_GuardedTransport(context, allow_private=self.options.allow_private_urls),
+                    transport=GuardedTransport(context, allow_private=self.options.allow_private_urls),
                     timeout=httpx.Timeout(self.options.timeout),
                     follow_redirects=True,
                     max_redirects=5,
