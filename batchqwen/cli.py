@@ -350,6 +350,15 @@ def _shared_options(func: Any) -> Any:
             show_default=True,
             help="Estimate (and the --max-cost check): tool rounds per turn when tools are offered.",
         ),
+        click.option(
+            "--split",
+            type=click.Choice(["auto", "never"]),
+            default="auto",
+            show_default=True,
+            help="An item too long for one session (over the model's input limit, or longer than the session"
+            " lifetime allows at --pace): auto: cut at pauses, one session per segment; never: fail it at once,"
+            " naming its estimate and the limit.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -563,6 +572,7 @@ def run(manifest: str, out: str | None, **options: Any) -> None:
         video_frames=options["video_frames"],
         image_frames=options["image_frames"],
         pad_silence_seconds=options["pad_silence"],
+        split=options["split"],
         transcribe_input=not options["no_transcription"],
         pace=options["pace"],
         chunk_ms=options["chunk_ms"],
@@ -703,6 +713,8 @@ def _estimate(manifest_text: str, out_text: str, options: dict[str, Any]) -> Non
             manifest_options=manifest_options,
             storage=storage,
             process_pool=pool,
+            split=options["split"],
+            pace=options.get("pace") or 0.0,  # run --dry-run --pace: the session lifetime counts too
         )
         if calibration is not None and report.parquet is not None and report.total_cost is not None:
             import pandas as pd

@@ -44,6 +44,7 @@ class RunConfig:
     image_frames: Literal["first", "all"] = "first"  # animated / multi-page images: first frame or all
     decode_processes: int | None = None  # None: auto (runner.decode_processes_for); 0: threads; N: N processes
     pad_silence_seconds: float = 1.0
+    split: Literal["auto", "never"] = "auto"  # an item too long for one session: split at pauses, or fail it
     transcribe_input: bool = True
     pace: float = 0.0  # 0: stream as fast as the socket takes it; 1.0: real time
     chunk_ms: int = 100  # audio per input_audio_buffer.append, as the official samples send

@@ -10,6 +10,7 @@
     │   │   └── FetchFailed        a remote file that could not be read after its retries
     │   ├── MediaRefused           a file a manifest from elsewhere may not name (local path, private address)
     │   ├── MediaError             a file that is present but cannot be decoded / converted
+    │   ├── InputTooLong           more than one session takes, and --split never (or no cut can help)
     │   ├── ExtractError           --extract: the tool was never called, or its final arguments do not validate
     │   └── ToolRoundsExceeded     the model asked for more tool rounds than --max-tool-rounds allows
     ├── ProtocolError              a frame or an event order that breaks the protocol
@@ -80,6 +81,13 @@ class MediaRefused(ItemError):
     """A file the row may not name: a local path in a manifest from a bucket or URL, a private address."""
 
     kind = "refused"
+
+
+class InputTooLong(ItemError):
+    """An item more than one session can take (the model's input limit, the session lifetime) that may
+    not be split (``--split never``) or that no split can help (its text alone is over the limit)."""
+
+    kind = "too_long"
 
 
 class ExtractError(ItemError):

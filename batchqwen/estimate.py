@@ -14,7 +14,11 @@ Per item, the rules are those of the real run (see :func:`batchqwen.cost.estimat
 * text: the row's instructions (else the run's) and the prompt; on models without text input the prompt
   travels inside the instructions (``instructions + "\\n\\n" + prompt``), as the runner sends it; a
   model with text input given a prompt and no images/video gets no silence padding;
-* output: from the :class:`~batchqwen.cost.OutputAssumption`.
+* output: from the :class:`~batchqwen.cost.OutputAssumption`;
+* an item too long for one session (:mod:`batchqwen.split`): with ``split="auto"`` it counts as the
+  sessions its segments will be (cut at the aims, as the run would before it finds the pauses: the
+  same count; the instructions, prompt and answer once per segment), and is listed under "Too long for
+  one session"; with ``split="never"`` it is a problem (the run fails it without sending anything).
 
 Durations come from :mod:`batchqwen.probe` (the header where sound, else the file size, a packet scan or
 a decode: the row's ``duration_method``); images follow the run's rules of :mod:`batchqwen.images` (tiles,
@@ -56,20 +60,23 @@ from batchqwen.cost import (
     estimate_session_tokens,
     estimate_tokens,
 )
-from batchqwen.errors import BatchQwenError
+from batchqwen.errors import BatchQwenError, InputTooLong
 from batchqwen.images import ImageFrames
-from batchqwen.items import Item
+from batchqwen.items import INPUT_SAMPLE_RATE, Item
 from batchqwen.manifest import ManifestOptions, RawRows, items_of, iter_raw_rows, validate_item
 from batchqwen.media import (
     DEFAULT_MAX_VIDEO_FRAMES,
+    image_times,
     measure_audio,
     part_sizes,
     probe_image_parts,
     probe_video,
     silence_note,
 )
+from batchqwen.models import image_tokens
 from batchqwen.plan import ItemPlan, plan_item
 from batchqwen.realtime.gateways import normalize_region
+from batchqwen.split import SplitMode, plan_segments, session_budget
 from batchqwen.storage.fetch import StorageOptions, shared_storage
 from batchqwen.storage.locations import Remote
 from batchqwen.tokens import text_tokens_exact
@@ -114,6 +121,7 @@ ESTIMATE_SCHEMA = pa.schema(
         ("duration_method", pa.string()),
         ("probe_bytes_read", pa.int64()),
         ("notes", pa.list_(pa.string())),
+        ("segments", pa.int64()),
     ]
 )
 
@@ -134,6 +142,8 @@ class RowEstimate:
     duration_method: str | None = None  # see ESTIMATE_SCHEMA
     probe_bytes_read: int | None = None
     notes: tuple[str, ...] = ()
+    segments: int = 1  # sessions the item will run as (more than one: too long for one session, split)
+    too_long: str | None = None  # why one session cannot take it (the estimate and the limit), when split
 
 
 @dataclass(frozen=True)
@@ -179,6 +189,8 @@ class EstimateReport:
     items: int = 0
     problem_count: int = 0
     problems: list[Problem] = field(default_factory=list)  # the first MAX_PROBLEMS_KEPT
+    too_long_count: int = 0  # rows too long for one session, counted as the segments they will run as
+    too_long: list[Problem] = field(default_factory=list)  # the first MAX_PROBLEMS_KEPT of them
     by_model: dict[str, ModelTotals] = field(default_factory=dict)
     parquet: Path | None = None
     elapsed_seconds: float = 0.0
@@ -234,6 +246,8 @@ class _Settings:
     extract: str | None = None
     image_frames: ImageFrames = "first"
     storage: StorageOptions | None = None  # how remote media are reached (None: the defaults)
+    split: SplitMode = "auto"
+    pace: float = 0.0
 
 
 def estimate_item(
@@ -250,6 +264,8 @@ def estimate_item(
     target_language: str | None = None,
     source_language: str | None = None,
     image_frames: ImageFrames = "first",
+    split: SplitMode = "auto",
+    pace: float = 0.0,
 ) -> RowEstimate:
     """Estimate one item from its media's metadata; a local problem becomes the row's ``problem``."""
     settings = _Settings(
@@ -264,6 +280,8 @@ def estimate_item(
         target_language,
         source_language,
         image_frames=image_frames,
+        split=split,
+        pace=pace,
     )
     return _estimate_item(item, settings)
 
@@ -372,6 +390,7 @@ class _Media:
     method: str | None  # duration_method
     bytes_read: int | None
     notes: list[str]
+    moments: list[float] = field(default_factory=list)  # where each of ``sizes`` sits in the audio (seconds)
 
 
 def _probe(item: Item, plan: ItemPlan, s: _Settings) -> _Media:
@@ -385,10 +404,12 @@ def _probe(item: Item, plan: ItemPlan, s: _Settings) -> _Media:
         audio_seconds, method, read = measured.seconds, measured.method, measured.bytes_read
         notes.extend([measured.note] if measured.note else [])
     sizes: list[tuple[int, int]] = []
+    moments: list[float] = []
     video_seconds = 0.0
     if item.video is not None:
         video = _PROBES.get(item.video, probe_video, store, fps=plan.video_fps, max_frames=s.max_video_frames)
         sizes.extend([video.frame_size] * len(video.frame_times))
+        moments.extend(video.frame_times)
         video_seconds = video.duration_seconds
         notes.extend(video.notes)
         if item.audio is None:  # an audio file, when given, is the sound; the video gives frames only
@@ -409,7 +430,8 @@ def _probe(item: Item, plan: ItemPlan, s: _Settings) -> _Media:
     for path, (oriented, parts), count in zip(item.images, planned, kept, strict=True):
         sizes.extend(part_sizes(oriented, parts, count))
         notes.extend(image_plan.parts_notes(path, parts, count, plan.images_per_second))
-    return _Media(audio_seconds, sizes, padded, method, read, notes)
+    moments.extend(image_times(len(sizes) - len(moments), audio_seconds))  # the images, as the run places them
+    return _Media(audio_seconds, sizes, padded, method, read, notes, moments)
 
 
 def _estimate_session(item: Item, s: _Settings) -> RowEstimate:
@@ -489,15 +511,34 @@ def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
         model, model_name, modalities = plan.model, plan.model.name, plan.modalities
         validate_item(item)
         media = _probe(item, plan, s)
-        audio_seconds, sizes, padded = media.audio_seconds, media.sizes, media.padded
+        audio_seconds, sizes, padded, moments = media.audio_seconds, media.sizes, media.padded, media.moments
+        texts = (plan.instructions, plan.prompt)
         tokens = estimate_tokens(
-            model,
-            audio_seconds=audio_seconds,
-            image_sizes=sizes,
-            texts=(plan.instructions, plan.prompt),
-            modalities=modalities,
-            output=s.output,
+            model, audio_seconds=audio_seconds, image_sizes=sizes, texts=texts, modalities=modalities, output=s.output
         )
+        segments = 1
+        budget = session_budget(model, texts=texts, modalities=modalities, output=s.output, pace=s.pace)
+        too_long = budget.too_long(audio_seconds, tokens.input_image)
+        if too_long is not None:
+            images = [(at, image_tokens(model, w, h)) for at, (w, h) in zip(moments, sizes, strict=True)]
+            parts = plan_segments(round(audio_seconds * INPUT_SAMPLE_RATE), budget, images=images)
+            if s.split == "never":
+                raise InputTooLong(
+                    f"{too_long}; --split never: this row fails without sending anything"
+                    f" (--split auto would send it as {len(parts)} sessions cut at pauses)"
+                )
+            per_segment = [
+                estimate_tokens(
+                    model,
+                    audio_seconds=part.seconds,
+                    image_sizes=[size for at, size in zip(moments, sizes, strict=True) if part.holds(at)],
+                    texts=texts,
+                    modalities=modalities,
+                    output=s.output,
+                )
+                for part in parts
+            ]
+            segments, tokens = len(parts), _sum_estimates(per_segment)
     except (BatchQwenError, OSError, ValueError) as exc:
         # media libraries raise OSError/ValueError subclasses of their own; one bad row never stops the run
         return RowEstimate(item.id, item.row, model_name, tuple(modalities), problem=_problem_text(exc))
@@ -513,7 +554,14 @@ def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
         duration_method=media.method,
         probe_bytes_read=media.bytes_read,
         notes=tuple(media.notes),
+        segments=segments,
+        too_long=too_long,
     )
+
+
+def _sum_estimates(estimates: Iterable[TokenEstimate]) -> TokenEstimate:
+    parts = list(estimates)
+    return TokenEstimate(**{name: sum(getattr(e, name) for e in parts) for name in MODALITIES})
 
 
 _FALLBACKS = ("file_size", "packet_scan", "decode")
@@ -599,6 +647,8 @@ def estimate_manifest(
     manifest_options: ManifestOptions | None = None,
     storage: StorageOptions | None = None,
     process_pool: ProcessPoolExecutor | None = None,
+    split: SplitMode = "auto",
+    pace: float = 0.0,
 ) -> EstimateReport:
     """Estimate tokens and cost of every row of the manifest at ``path``; no network access at all.
 
@@ -640,6 +690,8 @@ def estimate_manifest(
         extract,
         image_frames=image_frames,
         storage=storage,
+        split=split,
+        pace=pace,
     )
     writer = _RowWriter(out_dir / ESTIMATE_FILE) if out_dir is not None else None
     cores = os.cpu_count() or 1
@@ -792,6 +844,11 @@ def _record(report: EstimateReport, prices: PriceBook, writer: _RowWriter | None
         if len(report.problems) < MAX_PROBLEMS_KEPT:
             report.problems.append(Problem(row.row, row.id, row.problem or "unknown problem"))
     else:
+        if row.too_long is not None:
+            report.too_long_count += 1
+            if len(report.too_long) < MAX_PROBLEMS_KEPT:
+                note = f"{row.too_long}: --split auto sends it as {row.segments} sessions cut at pauses"
+                report.too_long.append(Problem(row.row, row.id, note))
         totals = report.by_model.get(row.model)
         if totals is None:
             totals = report.by_model[row.model] = ModelTotals(row.model, prices.lookup(row.model, report.region))
@@ -824,6 +881,7 @@ def _record(report: EstimateReport, prices: PriceBook, writer: _RowWriter | None
             "audio_seconds": row.audio_seconds if tokens else None,
             "padded_silence_seconds": row.padded_silence_seconds if tokens else None,
             "image_count": row.image_count if tokens else None,
+            "segments": row.segments if tokens else None,
             "input_text_tokens": tokens.input_text if tokens else None,
             "input_audio_tokens": tokens.input_audio if tokens else None,
             "input_image_tokens": tokens.input_image if tokens else None,
@@ -922,6 +980,13 @@ def format_report(report: EstimateReport) -> str:
         if report.problem_count > len(report.problems):
             more = report.problem_count - len(report.problems)
             where = f" (all in {report.parquet}, column 'problem')" if report.parquet else ""
+            lines.append(f"  ... and {more:,} more{where}")
+    if report.too_long_count:
+        lines += ["", f"Too long for one session ({report.too_long_count:,} rows, counted above as their segments):"]
+        lines += [f"  row {p.row} (id {p.id}): {p.message}" for p in report.too_long]
+        if report.too_long_count > len(report.too_long):
+            more = report.too_long_count - len(report.too_long)
+            where = f" (all in {report.parquet}, column 'segments' > 1)" if report.parquet else ""
             lines.append(f"  ... and {more:,} more{where}")
     if report.parquet is not None:
         lines += ["", f"Rows: {report.parquet}"]

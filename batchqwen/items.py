@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from batchqwen.models import ModelInfo
 from batchqwen.realtime.events import Usage
@@ -61,6 +62,18 @@ class TimedImage:
     height: int
 
 
+class PcmStream(Protocol):
+    """PCM16LE mono 16 kHz audio too long to hold in memory: its size known up front, read in order."""
+
+    @property
+    def nbytes(self) -> int: ...
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        """The audio from its start, ``size`` bytes at a time (the last piece may be shorter); every call
+        starts again from the beginning (a retried session sends it again)."""
+        ...
+
+
 @dataclass(frozen=True)
 class PreparedInput:
     """Decoded media of one item, exactly as it will be sent."""
@@ -69,10 +82,25 @@ class PreparedInput:
     images: tuple[TimedImage, ...] = ()  # in time order
     padded_silence_seconds: float = 0.0  # silence added because the item had no audio
     notes: tuple[str, ...] = ()  # what preparation decided (how video frames were picked), for the row's notes
+    stream: PcmStream | None = None  # the audio, read while it is sent, instead of ``pcm16`` (long recordings)
 
     @property
     def audio_seconds(self) -> float:
-        return len(self.pcm16) / INPUT_BYTES_PER_SECOND
+        return self.pcm_bytes / INPUT_BYTES_PER_SECOND
+
+    @property
+    def pcm_bytes(self) -> int:
+        """Bytes of audio to send (from ``stream`` when there is one)."""
+        return self.stream.nbytes if self.stream is not None else len(self.pcm16)
+
+    def pcm_chunks(self, size: int) -> Iterator[bytes]:
+        """The audio to send, ``size`` bytes at a time (the last piece may be shorter)."""
+        if self.stream is not None:
+            yield from self.stream.chunks(size)
+            return
+        pcm = self.pcm16
+        for start in range(0, len(pcm), size):
+            yield pcm[start : start + size]
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,7 @@ RESULT_SCHEMA: pa.Schema = pa.schema(
         ("turns", pa.list_(TURN_TYPE)),
         ("extracted_tool", pa.string()),
         ("extracted_arguments", pa.string()),
+        ("segments", pa.int64()),
     ]
 )
 RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
@@ -224,6 +225,7 @@ class ResultRow:
     turns: list[dict[str, Any]] = field(default_factory=list)  # TURN_TYPE records (conversation rows only)
     extracted_tool: str | None = None  # --extract: the tool whose final arguments the row holds
     extracted_arguments: str | None = None  # ... as JSON text, validated; typed as extract_* columns
+    segments: int | None = None  # sessions the item ran as: 1, or more for a recording split at pauses
 
     @classmethod
     def from_item(cls, item: Item, status: str, **fields: Any) -> ResultRow:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from batchqwen import conversation, cost, manifest, media, quotas, results, tools
+from batchqwen import conversation, cost, longaudio, manifest, media, quotas, results, split, tools
 from batchqwen.breaker import Breaker, EventSink
 from batchqwen.config import RunConfig
 from batchqwen.errors import (
@@ -156,6 +156,8 @@ class ReadyItem:
     media: PreparedInput
     turns: tuple[ConversationTurn, ...] = ()  # a conversation row: every turn, decoded (media is the first's)
     tools: tuple[str, ...] = ()  # the tools this item offers
+    #: too long for one session: its segments, each run as a session of its own (``media`` then has its images)
+    recording: longaudio.LongRecording | None = None
 
 
 def estimate_ready(ready: ReadyItem, ctx: ItemContext) -> tuple[cost.TokenEstimate, float | None]:
@@ -253,9 +255,15 @@ async def prepare(item: Item, ctx: ItemContext, *, decoder: Executor | None = No
             return ReadyItem(item, plan, turns[0].media, turns=turns, tools=offered)
         if ctx.cache is not None and fetch.remote_refs(item):
             local = await asyncio.to_thread(fetch.localise, item, ctx.cache)
+        # an item too long for one session is measured and cut here (or refused with --split never); a
+        # fetched file is copied to the spool, since the cache may let it go before the segments are sent
         decode = functools.partial(
-            media.prepare_item,
+            longaudio.prepare,
             local,
+            budget=session_budget(plan, config, ctx.output),
+            split=config.split,
+            spool_dir=ctx.out_dir / longaudio.SPOOL_DIR,
+            spool_always=local is not item,
             video_fps=plan.video_fps,
             pad_silence_seconds=plan.pad_silence_seconds,
             video_frames=config.video_frames,
@@ -271,7 +279,56 @@ async def prepare(item: Item, ctx: ItemContext, *, decoder: Executor | None = No
     finally:
         if local is not item and ctx.cache is not None:
             fetch.release(item, ctx.cache)
+    if isinstance(prepared, longaudio.LongRecording):
+        media_of_all = PreparedInput(images=prepared.images, notes=prepared.notes)
+        return ReadyItem(item, plan, media_of_all, tools=offered, recording=prepared)
     return ReadyItem(item, plan, prepared, tools=offered)
+
+
+def session_budget(plan: ItemPlan, config: RunConfig, output: cost.OutputAssumption) -> split.SessionBudget:
+    """What one session of the item's model can take (see :mod:`batchqwen.split`); at ``--pace`` the
+    streaming must also end in time for the answer within the session lifetime (``item_timeout_for``)."""
+    return split.session_budget(
+        plan.model,
+        texts=(plan.instructions, plan.prompt),
+        modalities=plan.modalities,
+        output=output,
+        pace=config.pace,
+        answer_seconds=split.LIFETIME_KEPT_SECONDS,  # ITEM_TIMEOUT_MARGIN + SESSION_LIFETIME_MARGIN
+    )
+
+
+async def _long_recording(
+    ready: ReadyItem,
+    ctx: ItemContext,
+    limiter: Limiter,
+    event_log: Callable[[str, str, dict[str, Any]], None] | None,
+    breaker: Breaker | None,
+    run_events: EventSink | None,
+    *,
+    carried: int,
+    record_partial: Callable[[dict[str, Any]], None] | None,
+) -> results.ResultRow:
+    """A long recording's segments, each a session of its own through :func:`session`: the item's one row."""
+    assert ready.recording is not None
+
+    async def one_segment(segment_media: PreparedInput, wav: Path) -> results.ResultRow:
+        segment = ReadyItem(ready.item, ready.plan, segment_media, tools=ready.tools)
+        return await session(
+            segment, ctx, limiter, event_log=event_log, breaker=breaker, run_events=run_events, wav_file=wav
+        )
+
+    def half_done(row: results.ResultRow) -> None:
+        if record_partial is not None:
+            row.failed_attempt_tokens = (row.failed_attempt_tokens or 0) + carried
+            record_partial(row.to_record())
+
+    row = await longaudio.run_segments(
+        ready.item, ready.recording, one_segment, out_dir=ctx.out_dir, notes=ready.plan.notes, progress=half_done
+    )
+    if carried:  # billed by an earlier run that left the item half-done
+        row.failed_attempt_tokens = (row.failed_attempt_tokens or 0) + carried
+    return row
 
 
 async def session(
@@ -284,13 +341,22 @@ async def session(
     run_events: EventSink | None = None,
     carried_tokens: int = 0,
     record_partial: Callable[[dict[str, Any]], None] | None = None,
+    wav_file: Path | None = None,
 ) -> results.ResultRow:
     """Stream one prepared item through a session (with retries) and collect its result row.
 
     A conversation hands every turn but its last to ``record_partial`` (a ``partial`` journal record: the
     turns so far and the tokens billed, ``carried_tokens`` of earlier runs included), so that a run killed
     mid-conversation still counts them when the item runs again whole.
+
+    A long recording (``ready.recording``) runs as one session per segment, in order, each through this
+    function (``wav_file``: where that segment's answer goes); the half-done item goes to ``record_partial``
+    after each segment but the last, the same way.
     """
+    if ready.recording is not None:
+        return await _long_recording(
+            ready, ctx, limiter, event_log, breaker, run_events, carried=carried_tokens, record_partial=record_partial
+        )
     config = ctx.config
     secrets = [config.api_key] if config.api_key else []
     started = _now()
@@ -311,6 +377,7 @@ async def session(
         "input_audio_seconds": round(whole.audio_seconds, 3),
         "padded_silence_seconds": whole.padded_silence_seconds,
         "image_count": len(whole.images),
+        "segments": 1,
         **{f"est_{name}_tokens": value for name, value in estimate.as_dict().items()},
         "est_cost": est_cost,
         "currency": ctx.prices.currency,
@@ -475,7 +542,7 @@ async def session(
 
     if result.output_pcm:
         try:
-            wav_path = results.wav_path(ctx.out_dir, item.id)
+            wav_path = wav_file or results.wav_path(ctx.out_dir, item.id)
             wav = media.pcm_to_wav(result.output_pcm, plan.model.output_sample_rate)
             await asyncio.to_thread(results.write_wav_atomic, wav_path, wav)
         except OSError as exc:
@@ -926,6 +993,7 @@ async def _run_locked(
     prices = cost.load_prices(config.prices)
     output = cost.OutputAssumption(output_seconds_per_item=config.output_seconds)
     journal = results.Journal(out)
+    longaudio.clear_spool(out)  # left by a run that was killed (the lock says none is running)
     done = journal.index()  # small entries in memory; the records stay in the journal file
     secrets = [config.api_key] if config.api_key else []
     total = checked.rows if config.limit is None else min(checked.rows, config.limit)
@@ -964,6 +1032,8 @@ async def _run_locked(
             extract=config.extract,
             manifest_options=config.manifest_options,
             storage=config.storage,
+            split=config.split,
+            pace=config.pace,
         )
         # items of this manifest (and --limit) that will not run again: take their estimate off the total
         already = await asyncio.to_thread(_estimated_cost_already_done, config, done)
@@ -1025,6 +1095,8 @@ async def _run_locked(
                     if item is None:
                         return
                     await ahead.put(await prepare(item, ctx, decoder=decoder))
+            except OutputUnwritable as exc:  # a long recording's spool on a full disk: the environment's
+                output_failed(exc)
             except Exception as exc:  # not the item's (a decoder process that died, a bug): stop, say it
                 message = results.redact(f"{type(exc).__name__}: {exc}", secrets)
                 log.error("stopping the run: preparation failed: %s", message)
@@ -1143,7 +1215,10 @@ async def _run_locked(
                 elif model_name in unavailable:
                     work = _unavailable_row(ready.item, model_name, unavailable[model_name], secrets)
                 else:
-                    partial = PartialRecords(journal, done) if ready.turns else None
+                    # a conversation or a long recording journals how far it got, and counts what an
+                    # earlier run of it left half-done
+                    halves = bool(ready.turns) or ready.recording is not None
+                    partial = PartialRecords(journal, done) if halves else None
                     work = session(
                         ready,
                         ctx,
@@ -1151,7 +1226,7 @@ async def _run_locked(
                         event_log=event_log,
                         breaker=breaker,
                         run_events=run_events,
-                        carried_tokens=carried_tokens(done, ready.item) if ready.turns else 0,
+                        carried_tokens=carried_tokens(done, ready.item) if halves else 0,
                         record_partial=partial.add if partial is not None else None,
                     )
                 task = asyncio.create_task(work)
@@ -1239,6 +1314,7 @@ async def _run_locked(
             remove_handlers()
             if decoder is not None:
                 decoder.shutdown(wait=False, cancel_futures=True)
+            longaudio.clear_spool(out)  # long recordings prepared and never run
             progress.close()
             if toolbox is not None:
                 toolbox.close()

@@ -154,6 +154,10 @@ def main() -> None:
     section(
         "12. Media and outputs in a bucket (moto's S3 server) vs on local disk (bench/bench_storage.py)", stored.stdout
     )
+    print("13. a 70-minute recording ...", file=sys.stderr, flush=True)
+    long_args = [str(HERE / "bench_long.py"), "--formats", "wav" if q else "wav,flac", *([] if q else ["--before"])]
+    longer = subprocess.run([sys.executable, *long_args], capture_output=True, text=True, check=True, cwd=ROOT)
+    section("13. A 70-minute recording, split at pauses and run (bench/bench_long.py)", f"```\n{longer.stdout}```")
 
     info = machine()
     command = ".venv/bin/python bench/run_all.py" + (" --quick" if q else "")

@@ -247,18 +247,19 @@ def _b64(data: bytes) -> str:
 
 def _input_events(media: PreparedInput, size: int, *, commit: bool, turn: int = 1) -> Iterator[Outgoing]:
     """Audio chunks with images interleaved by time (never before the first chunk), then the commit."""
-    pcm = media.pcm16
     images = sorted(media.images, key=lambda image: image.at_seconds)
     next_image = 0
-    for start in range(0, len(pcm), size):
+    start = 0
+    for chunk in media.pcm_chunks(size):  # from memory, or read from a long recording as it goes
         at = start / INPUT_BYTES_PER_SECOND
-        yield Outgoing(InputAudioBufferAppend(audio=_b64(pcm[start : start + size])), at, turn)
-        sent_until = min(start + size, len(pcm)) / INPUT_BYTES_PER_SECOND
+        yield Outgoing(InputAudioBufferAppend(audio=_b64(chunk)), at, turn)
+        start += len(chunk)
+        sent_until = start / INPUT_BYTES_PER_SECOND
         # an image goes once the audio up to its moment has gone
         while next_image < len(images) and images[next_image].at_seconds <= sent_until:
             yield Outgoing(InputImageBufferAppend(image=_b64(images[next_image].jpeg)), sent_until, turn)
             next_image += 1
-    end = len(pcm) / INPUT_BYTES_PER_SECOND
+    end = media.pcm_bytes / INPUT_BYTES_PER_SECOND
     for image in images[next_image:]:  # images past the end of the audio
         yield Outgoing(InputImageBufferAppend(image=_b64(image.jpeg)), end, turn)
     if commit:
@@ -284,9 +285,9 @@ class ClientTurn:
         heard = False  # the service takes an image only once some audio came in this session
         for number, spec in enumerate(turns, 1):
             where = f"turn {number}: " if len(turns) > 1 else ""
-            if len(spec.media.pcm16) % 2:
+            if spec.media.pcm_bytes % 2:
                 raise ItemError(f"{where}input PCM16 has an odd number of bytes")
-            heard = heard or bool(spec.media.pcm16)
+            heard = heard or bool(spec.media.pcm_bytes)
             if spec.media.images and not heard:
                 raise ItemError(f"{where}images need audio: the service rejects an image before any audio")
             if spec.prompt and not request.model.text_input:
@@ -294,7 +295,7 @@ class ClientTurn:
         self.family = get_family(request.model.protocol)
         self.server_turns = self.family.turn == "server"
         self.session_end = request.model.session_end or self.family.end  # a per-model fact, the family's by default
-        if self.server_turns and not request.media.pcm16:
+        if self.server_turns and not request.media.pcm_bytes:
             raise ItemError(f"{request.model.name} answers speech: the item has no audio")
         if self.server_turns and len(turns) > 1:
             raise UsageError(f"{request.model.name} answers each utterance by itself: it takes no conversation turns")
@@ -514,7 +515,7 @@ class ClientTurn:
     def _new_turn(self, position: int) -> _TurnState:
         """Begin the turn at ``position`` (0-based) of the session's turns."""
         spec = self._turn_specs[position]
-        has_media = bool(spec.media.pcm16 or spec.media.images)
+        has_media = bool(spec.media.pcm_bytes or spec.media.images)
         # a manual turn commits its audio and images; a text-only turn (a prompt, nothing else) has none
         # to commit (with no prompt either, the commit goes anyway and the service says it is empty)
         expect_commit = (has_media or not spec.prompt) and not self.server_turns

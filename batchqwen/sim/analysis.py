@@ -12,50 +12,23 @@ import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-INPUT_RATE = 16_000
-INPUT_BYTES_PER_MS = INPUT_RATE * 2 // 1000  # PCM16 mono: 32 bytes per ms
+# the energy VAD lives in batchqwen.vad (the runner's splitter uses it too): re-exported for the simulator
+from batchqwen.vad import FRAME_BYTES as FRAME_BYTES
+from batchqwen.vad import FRAME_MS as FRAME_MS
+from batchqwen.vad import INPUT_BYTES_PER_MS as INPUT_BYTES_PER_MS
+from batchqwen.vad import INPUT_RATE as INPUT_RATE
+from batchqwen.vad import MIN_SPEECH_FRAMES as MIN_SPEECH_FRAMES
+from batchqwen.vad import SEGMENT_GAP_MS as SEGMENT_GAP_MS
+from batchqwen.vad import SILENCE_FLOOR_DBFS as SILENCE_FLOOR_DBFS
+from batchqwen.vad import frame_dbfs as frame_dbfs
+from batchqwen.vad import speech_segments as speech_segments
+from batchqwen.vad import vad_threshold_dbfs as vad_threshold_dbfs
+
 OUTPUT_RATE = 24_000
-FRAME_MS = 20  # VAD / analysis frame
-FRAME_BYTES = FRAME_MS * INPUT_BYTES_PER_MS
-MIN_SPEECH_FRAMES = 3  # 60 ms of energy before we call it speech: a click is not a turn
-SEGMENT_GAP_MS = 300  # pauses shorter than this do not split a speech segment in descriptions
-SILENCE_FLOOR_DBFS = -96.0  # 16-bit quantisation floor
-
-
-def vad_threshold_dbfs(threshold: float) -> float:
-    """Map the API's ``threshold`` in [-1, 1] to a frame level: -1 -> -70 dBFS, 0 -> -40, 1 -> -10."""
-    return -40.0 + 30.0 * threshold
-
-
-def frame_dbfs(pcm: bytes) -> np.ndarray[Any, np.dtype[np.float64]]:
-    """RMS level in dBFS of each whole 20 ms frame of PCM16LE mono 16 kHz audio."""
-    n = len(pcm) // FRAME_BYTES
-    if n == 0:
-        return np.zeros(0)
-    samples = np.frombuffer(pcm, dtype="<i2", count=n * FRAME_BYTES // 2).reshape(n, -1)
-    rms = np.sqrt(np.mean(np.square(samples, dtype=np.float64), axis=1)) / 32768.0
-    return np.asarray(20.0 * np.log10(np.maximum(rms, 1e-5)), dtype=np.float64)
-
-
-def speech_segments(pcm: bytes, threshold_dbfs: float, *, min_gap_ms: int = SEGMENT_GAP_MS) -> list[tuple[int, int]]:
-    """(start_ms, end_ms) of each stretch of frames above ``threshold_dbfs``; short pauses merged."""
-    voiced = frame_dbfs(pcm) > threshold_dbfs
-    if not voiced.any():
-        return []
-    edges = np.diff(np.concatenate(([0], voiced.astype(np.int8), [0])))
-    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    merged: list[list[int]] = []
-    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-        if merged and (start - merged[-1][1]) * FRAME_MS < min_gap_ms:
-            merged[-1][1] = end
-        else:
-            merged.append([start, end])
-    return [(s * FRAME_MS, e * FRAME_MS) for s, e in merged if e - s >= MIN_SPEECH_FRAMES]
 
 
 def loudest_dbfs(pcm: bytes) -> float:

@@ -311,7 +311,9 @@ class ServerSession:
     def _commit(self, end: int, item_id: str, start: int = 0) -> list[ev.Event]:
         """Commit buffer bytes [start, end) (buffer-relative) plus the pending images as one user item."""
         end -= end % 2
-        item = UserItem(item_id, "audio", pcm=bytes(self._buffer[start:end]), images=tuple(self._images))
+        with memoryview(self._buffer) as view:  # one copy of the audio, not two (a long segment is 67 MB)
+            pcm = bytes(view[start:end])
+        item = UserItem(item_id, "audio", pcm=pcm, images=tuple(self._images))
         del self._buffer[:end]
         self._buffer_start += end
         self._images.clear()
