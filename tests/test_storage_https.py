@@ -16,7 +16,7 @@ from test_storage_s3 import wav_bytes
 
 from batchqwen.cli import main
 from batchqwen.errors import MediaRefused
-from batchqwen.storage import fetch
+from batchqwen.storage import http as guard
 from batchqwen.storage.fetch import Storage, StorageOptions
 from batchqwen.storage.locations import Remote
 
@@ -118,8 +118,8 @@ def test_redirects_are_followed_only_within_the_rules(
 ) -> None:
     """The test server is on loopback, so loopback is let through here; every other non-public address
     keeps the real rule, checked again on the redirect's own connection."""
-    rule = fetch.address_refusal
-    monkeypatch.setattr(fetch, "address_refusal", lambda address: None if address == "127.0.0.1" else rule(address))
+    rule = guard.address_refusal  # the connection guard's own lookup (batchqwen/storage/http.py)
+    monkeypatch.setattr(guard, "address_refusal", lambda address: None if address == "127.0.0.1" else rule(address))
     storage = Storage(StorageOptions(ca_bundle=server.ca_file, attempts=1))
     target = tmp_path / "a.wav"
     storage.download(Remote(f"{server.base}/redirect?to={server.base}/a.wav"), target)
