@@ -497,17 +497,7 @@ def _estimate_item(item: Item, s: _Settings) -> RowEstimate:
     modalities = item.modalities or s.modalities
     try:
         # the same plan the run makes: model, voice, modalities, where the prompt goes, silence padding
-        plan = plan_item(
-            item,
-            model=s.default_model,
-            voice=s.voice,
-            modalities=s.modalities,
-            instructions=s.instructions,
-            pad_silence_seconds=s.pad_silence_seconds,
-            target_language=s.target_language,
-            source_language=s.source_language,
-            video_fps=s.video_fps,
-        )
+        plan = plan_item(item, **_plan_options(s))
         model, model_name, modalities = plan.model, plan.model.name, plan.modalities
         validate_item(item)
         media = _probe(item, plan, s)
