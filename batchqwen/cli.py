@@ -365,6 +365,33 @@ def _shared_options(func: Any) -> Any:
     return func
 
 
+def _service_options(func: Any) -> Any:
+    """Where the service is and who calls it: shared by ``run`` and ``check``."""
+    options = [
+        click.option(
+            "--base-url", default=None, help="WebSocket URL of the service (overrides --region and --workspace)."
+        ),
+        click.option(
+            "--api-key",
+            default=None,
+            envvar="DASHSCOPE_API_KEY",
+            show_envvar=True,
+            show_default=False,
+            help="API key (default: $DASHSCOPE_API_KEY). Never logged or printed.",
+        ),
+        click.option(
+            "--workspace",
+            default=None,
+            envvar="DASHSCOPE_WORKSPACE",
+            show_envvar=True,
+            help="Workspace id: its own gateway (recommended), the X-DashScope-WorkSpace header, and its quotas.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def _default_out(manifest: str) -> str:
     return str(Path("out") / _manifest_stem(manifest))
 
@@ -396,22 +423,7 @@ def _default_out(manifest: str) -> str:
     "--max-attempts", type=click.IntRange(1, 20), default=4, show_default=True, help="Sessions tried per item."
 )
 @click.option("--max-cost", type=click.FloatRange(min=0), default=None, help="Budget cap in the price currency.")
-@click.option("--base-url", default=None, help="WebSocket URL of the service (overrides --region and --workspace).")
-@click.option(
-    "--api-key",
-    default=None,
-    envvar="DASHSCOPE_API_KEY",
-    show_envvar=True,
-    show_default=False,
-    help="API key (default: $DASHSCOPE_API_KEY). Never logged.",
-)
-@click.option(
-    "--workspace",
-    default=None,
-    envvar="DASHSCOPE_WORKSPACE",
-    show_envvar=True,
-    help="Workspace id: its own gateway (recommended) and the X-DashScope-WorkSpace header.",
-)
+@_service_options
 @click.option("--simulate", is_flag=True, help="Run against the built-in simulator, started in-process.")
 @click.option("--dry-run", is_flag=True, help="Estimate tokens and cost offline; open no connection.")
 @click.option(
@@ -758,22 +770,7 @@ def _estimate(manifest_text: str, out_text: str, options: dict[str, Any]) -> Non
     show_envvar=True,
     help=f"One of {', '.join(REGIONS)}.",
 )
-@click.option("--base-url", default=None, help="WebSocket URL of the service (overrides --region and --workspace).")
-@click.option(
-    "--api-key",
-    default=None,
-    envvar="DASHSCOPE_API_KEY",
-    show_envvar=True,
-    show_default=False,
-    help="API key (default: $DASHSCOPE_API_KEY). Never printed.",
-)
-@click.option(
-    "--workspace",
-    default=None,
-    envvar="DASHSCOPE_WORKSPACE",
-    show_envvar=True,
-    help="Workspace id: its own gateway, and the quota endpoint is read.",
-)
+@_service_options
 @click.option("--simulate", is_flag=True, help="Check against the built-in simulator, started in-process.")
 @click.option(
     "--timeout",
