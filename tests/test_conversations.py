@@ -20,13 +20,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from media_factory import write_audio, write_image
+from test_protocol import run_pair  # the client core against the simulator's, through JSON frames
 
 from batchqwen import manifest, results, runner
 from batchqwen.config import RunConfig
 from batchqwen.errors import ItemError, ManifestError
 from batchqwen.items import ConversationTurn, PreparedInput, TimedImage, TurnRequest
 from batchqwen.models import audio_tokens, get_model
-from batchqwen.realtime.events import parse_event, to_json
 from batchqwen.realtime.protocol import ClientTurn
 from batchqwen.sim.core import ServerSession
 from batchqwen.sim.server import Simulator, SimulatorConfig, SimulatorStats
@@ -41,21 +41,6 @@ FAST = runner.RetryPolicy(base_delay=0.01, max_delay=0.05, throttle_base_delay=0
 def tone(seconds: float, freq: float = 440.0) -> bytes:
     t = np.arange(int(seconds * 16_000)) / 16_000
     return (0.5 * np.sin(2 * np.pi * freq * t) * 32767).astype("<i2").tobytes()
-
-
-def run_pair(core: ClientTurn, server: ServerSession) -> None:
-    """Client core against the simulator's core in memory, every event through its JSON frame."""
-    inbox = [parse_event(to_json(e)) for e in server.opening_events()]
-    now = 0.0
-    while not core.done:
-        if not inbox:
-            assert core.deadline is not None, f"stalled in {core.state}"
-            now = core.deadline
-            core.tick(now)
-        else:
-            core.receive(inbox.pop(0), now)
-        while (out := core.next_event()) is not None:
-            inbox += [parse_event(to_json(e)) for e in server.receive_frame(to_json(out.event))]
 
 
 # ----------------------------------------------------------------------------- the core, in memory
