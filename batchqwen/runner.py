@@ -977,6 +977,17 @@ async def run(
                 await asyncio.to_thread(remote.close)
 
 
+def _exit_code(signum: int | None, *, environment: bool, stopped: bool, some_failed: bool) -> int:
+    """The run's exit code, the strongest cause first: a signal, the environment, a stop, failed items."""
+    if signum is not None:
+        return EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
+    if environment:
+        return EXIT_ENVIRONMENT
+    if stopped:
+        return EXIT_ABORTED
+    return EXIT_SOME_FAILED if some_failed else EXIT_OK
+
+
 async def _run_locked(
     config: RunConfig,
     checked: manifest.ManifestSummary,
@@ -1337,16 +1348,12 @@ async def _run_locked(
         results_path = None
     summary = totals.result()
     reason = stop_reason[0] if stop_reason else "completed"
-    if exit_signal:
-        exit_code = EXIT_SIGINT if exit_signal[0] == signal.SIGINT else EXIT_SIGTERM
-    elif environment_failed:
-        exit_code = EXIT_ENVIRONMENT
-    elif stop_reason:
-        exit_code = EXIT_ABORTED
-    elif totals.by_status[results.STATUS_FAILED]:
-        exit_code = EXIT_SOME_FAILED
-    else:
-        exit_code = EXIT_OK
+    exit_code = _exit_code(
+        exit_signal[0] if exit_signal else None,
+        environment=bool(environment_failed),
+        stopped=bool(stop_reason),
+        some_failed=bool(totals.by_status[results.STATUS_FAILED]),
+    )
     summary.update(
         manifest=config.manifest_options.shown(config.manifest),
         # the report finds the input images from anywhere (a manifest from a bucket or URL: not from here)
